@@ -1,0 +1,1526 @@
+"""Tests for wsgihost, ordered like the module. Standard library only.
+
+Run: python test_wsgihost.py      (or: python -m unittest test_wsgihost)
+
+Most tests are pure: raw request bytes in, values or exact bytes out, through
+a fake socket -- no network. Then a few socket tests run the real server on
+port 0 in a thread, and a subprocess runs ``python wsgihost.py CONFIG``.
+Tests that need Flask skip without it; with WSGIHOST_REQUIRE_ALL=1 (as in
+.ci/run) a skip fails the run.
+"""
+
+import contextlib
+import http.client
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from wsgiref.validate import validator
+
+import wsgihost
+from wsgihost import HTTPError, parse_request_head, parse_body_framing, parse_request_target
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REMOTE = ("127.0.0.1", 54321)
+TEXT = [("Content-Type", "text/plain")]
+logging.getLogger("wsgihost").setLevel(logging.CRITICAL)   # tests that want logs use assertLogs
+
+
+# -----------------------------------------------------------------------------
+# Helpers: a fake socket, a runner, and a response splitter
+# -----------------------------------------------------------------------------
+
+class FakeSocket:
+    """A socket that receives ``data`` (in pieces of ``piece`` bytes) and records what is sent."""
+
+    def __init__(self, data: bytes, piece: int = None):
+        self.incoming = data
+        self.piece = piece
+        self.sent = bytearray()
+        self.closed = False
+
+    def recv(self, n):
+        size = min(n, self.piece or n)
+        data, self.incoming = self.incoming[:size], self.incoming[size:]
+        return data
+
+    def sendall(self, data):
+        self.sent += data
+
+    def settimeout(self, t):
+        pass
+
+    def shutdown(self, how):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def run_raw(app, data: bytes, piece: int = None, validate: bool = True, **options) -> bytes:
+    """Serve one connection carrying ``data`` to ``app``; return the bytes sent back."""
+    transport = wsgihost.app_transport(validator(app) if validate else app, **options)
+    sock = FakeSocket(data, piece)
+    transport.serve_connection(sock, REMOTE)
+    return bytes(sock.sent)
+
+
+class Resp:
+    def __init__(self, status, headers, body, head):
+        self.status, self.headers, self.body, self.head = status, headers, body, head
+
+    def __repr__(self):
+        return "Resp(%d, %r, %r)" % (self.status, self.headers, self.body[:80])
+
+
+def split_responses(data: bytes, methods=()) -> list:
+    """Parse the responses in ``data``; ``methods`` gives the request method of each (HEAD!)."""
+    responses, i, n = [], 0, 0
+    methods = list(methods)
+    while i < len(data):
+        end = data.index(b"\r\n\r\n", i)
+        head = data[i:end].decode("latin-1")
+        lines = head.split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(": ")
+            headers.setdefault(name.lower(), []).append(value)
+        headers = {k: ", ".join(v) for k, v in headers.items()}
+        i = end + 4
+        if status == 100:
+            responses.append(Resp(status, headers, b"", head))
+            continue
+        method = methods[n] if n < len(methods) else "GET"
+        n += 1
+        if method == "HEAD" or status in (204, 304):
+            body = b""
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
+            body = data[i:i + length]
+            i += length
+        elif headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                eol = data.index(b"\r\n", i)
+                size = int(data[i:eol], 16)
+                body += data[eol + 2:eol + 2 + size]
+                i = eol + 2 + size + 2
+                if size == 0:
+                    break
+        else:
+            body, i = data[i:], len(data)
+        responses.append(Resp(status, headers, body, head))
+    return responses
+
+
+def one(app, data: bytes, **kw) -> Resp:
+    responses = split_responses(run_raw(app, data, **kw), [data.split(b" ", 1)[0].decode()])
+    return responses[0]
+
+
+def hello_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"Hello, World!"]
+
+
+def environ_app(environ, start_response):
+    """Echoes the environ's CGI keys as JSON, and the body it read."""
+    body = b""
+    if environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING"):
+        while True:
+            part = environ["wsgi.input"].read(7)
+            if not part:
+                break
+            body += part
+    data = {k: v for k, v in environ.items() if isinstance(v, str)}
+    data["body"] = body.decode("latin-1")
+    out = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(out)))])
+    return [out]
+
+
+def get_environ(request: bytes, **kw) -> dict:
+    resp = one(environ_app, request, **kw)
+    assert resp.status == 200, resp
+    return json.loads(resp.body)
+
+
+# -----------------------------------------------------------------------------
+# 3. The request head
+# -----------------------------------------------------------------------------
+
+class ParseRequestHeadTests(unittest.TestCase):
+
+    def assertRejected(self, head: bytes, status: int = 400):
+        with self.assertRaises(HTTPError) as ctx:
+            parse_request_head(head)
+        self.assertEqual(ctx.exception.status, status, ctx.exception.detail)
+        return ctx.exception
+
+    def test_simple_get(self):
+        head = parse_request_head(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nAccept: */*")
+        self.assertEqual(head.method, "GET")
+        self.assertEqual(head.target, "/a?b=1")
+        self.assertEqual(head.version, (1, 1))
+        self.assertEqual(head.fields, {"HTTP_HOST": "example.com", "HTTP_ACCEPT": "*/*"})
+
+    def test_http_1_0_without_fields(self):
+        head = parse_request_head(b"GET / HTTP/1.0")
+        self.assertEqual((head.version, head.fields), ((1, 0), {}))
+
+    def test_repeated_fields_joined_with_comma_space(self):
+        head = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-Foo: 1\r\nx-foo: 2\r\nX-FOO: 3")
+        self.assertEqual(head.fields["HTTP_X_FOO"], "1, 2, 3")
+
+    def test_content_type_and_length_have_no_http_prefix(self):
+        head = parse_request_head(b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 3")
+        self.assertEqual(head.fields, {"CONTENT_TYPE": "text/plain", "CONTENT_LENGTH": "3"})
+
+    def test_field_names_with_underscore_are_dropped(self):
+        head = parse_request_head(b"GET / HTTP/1.1\r\nX_Auth_User: admin\r\nX-Auth-User: bob")
+        self.assertEqual(head.fields, {"HTTP_X_AUTH_USER": "bob"})
+
+    def test_underscore_content_length_does_not_frame_the_body(self):
+        head = parse_request_head(b"POST / HTTP/1.1\r\nContent_Length: 5")
+        self.assertEqual(parse_body_framing(head), 0)
+
+    def test_field_value_whitespace_trimmed_inner_kept(self):
+        head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: \t a  b \t")
+        self.assertEqual(head.fields["HTTP_X_A"], "a  b")
+
+    def test_field_value_obs_text_decoded_as_latin1(self):
+        head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: caf\xe9")
+        self.assertEqual(head.fields["HTTP_X_A"], "caf\xe9")
+
+    def test_target_bytes_kept_as_latin1(self):
+        self.assertEqual(parse_request_head(b"GET /\xe2\x82\xac HTTP/1.1").target, "/\xe2\x82\xac")
+
+    def test_bare_cr_rejected(self):
+        self.assertIn("bare CR", self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\rb").detail)
+
+    def test_bare_lf_rejected(self):
+        self.assertIn("bare LF", self.assertRejected(b"GET / HTTP/1.1\nHost: a\r\nX: y").detail)
+
+    def test_nul_in_field_value_rejected(self):
+        self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\x00b")
+
+    def test_control_character_in_field_value_rejected(self):
+        self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\x01b")
+        self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\x7fb")
+
+    def test_tab_in_field_value_accepted(self):
+        self.assertEqual(parse_request_head(b"GET / HTTP/1.1\r\nX-A: a\tb").fields["HTTP_X_A"], "a\tb")
+
+    def test_obs_fold_rejected(self):
+        error = self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\r\n  b")
+        self.assertIn("folding", error.detail)
+
+    def test_whitespace_before_colon_rejected(self):
+        error = self.assertRejected(b"GET / HTTP/1.1\r\nHost : a")
+        self.assertIn("whitespace before the colon", error.detail)
+        self.assertRejected(b"GET / HTTP/1.1\r\nTransfer-Encoding\t: chunked")
+
+    def test_invalid_field_name_rejected(self):
+        for line in (b": x", b"X A: b", b"X(A): b", b"\xe9: b", b"no colon"):
+            with self.subTest(line=line):
+                self.assertRejected(b"GET / HTTP/1.1\r\n" + line)
+
+    def test_invalid_method_token_rejected(self):
+        for line in (b"G(T / HTTP/1.1", b"GE T / HTTP/1.1", b" GET / HTTP/1.1", b"GET\t/ HTTP/1.1"):
+            with self.subTest(line=line):
+                self.assertRejected(line)
+
+    def test_unknown_method_token_accepted(self):
+        self.assertEqual(parse_request_head(b"PURGE / HTTP/1.1").method, "PURGE")
+
+    def test_malformed_request_lines_rejected(self):
+        for line in (b"GET /", b"GET  / HTTP/1.1", b"GET / HTTP/1.1 ", b"GET / http/1.1",
+                     b"GET / HTTP/1.10", b"GET / HTTP/11", b"GET / HTTP/1", b"GET a b HTTP/1.1"):
+            with self.subTest(line=line):
+                self.assertRejected(line)
+
+    def test_unsupported_http_version_answered_505(self):
+        for line in (b"GET / HTTP/2.0", b"GET / HTTP/0.9", b"GET / HTTP/1.2", b"GET / HTTP/3.0"):
+            with self.subTest(line=line):
+                self.assertRejected(line, 505)
+
+    def test_host_twice_rejected(self):
+        self.assertRejected(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b")
+
+    def test_content_length_twice_rejected_even_if_equal(self):
+        self.assertRejected(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1")
+
+    def test_request_line_limit(self):
+        # "GET " + target + " HTTP/1.1" = 4 + n + 9 bytes
+        limits = wsgihost.Limits(max_request_line=100)
+        parse_request_head(b"GET /" + b"a" * 86 + b" HTTP/1.1", limits)          # 100 bytes
+        with self.assertRaises(HTTPError) as ctx:
+            parse_request_head(b"GET /" + b"a" * 87 + b" HTTP/1.1", limits)      # 101 bytes
+        self.assertEqual(ctx.exception.status, 414)
+
+    def test_header_line_limit(self):
+        limits = wsgihost.Limits(max_header_line=50)
+        parse_request_head(b"GET / HTTP/1.1\r\nX-A: " + b"v" * 45, limits)      # 5 + 45 = 50
+        with self.assertRaises(HTTPError) as ctx:
+            parse_request_head(b"GET / HTTP/1.1\r\nX-A: " + b"v" * 46, limits)  # 51
+        self.assertEqual(ctx.exception.status, 431)
+
+    def test_header_field_count_limit(self):
+        fields = b"".join(b"\r\nX-%d: v" % i for i in range(100))
+        parse_request_head(b"GET / HTTP/1.1" + fields)
+        with self.assertRaises(HTTPError) as ctx:
+            parse_request_head(b"GET / HTTP/1.1" + fields + b"\r\nX-Last: v")
+        self.assertEqual(ctx.exception.status, 431)
+
+
+class ParseRequestTargetTests(unittest.TestCase):
+
+    def test_origin_form(self):
+        self.assertEqual(parse_request_target("GET", "/a/b?x=1&y"), ("/a/b", "x=1&y", None))
+
+    def test_query_kept_raw(self):
+        self.assertEqual(parse_request_target("GET", "/?a=%20+b"), ("/", "a=%20+b", None))
+
+    def test_fragment_cut_off(self):
+        self.assertEqual(parse_request_target("GET", "/p?q=1#frag"), ("/p", "q=1", None))
+
+    def test_absolute_form_takes_path_and_authority(self):
+        self.assertEqual(parse_request_target("GET", "http://example.com:8080/a?b"),
+                         ("/a", "b", "example.com:8080"))
+        self.assertEqual(parse_request_target("GET", "HTTPS://example.com"), ("/", "", "example.com"))
+
+    def test_asterisk_form_only_for_options(self):
+        self.assertEqual(parse_request_target("OPTIONS", "*"), ("*", "", None))
+        with self.assertRaises(HTTPError):
+            parse_request_target("GET", "*")
+
+    def test_invalid_targets_rejected(self):
+        for target in ("a/b", "ftp://x/y", "http://user@host/", "http://ho st/"):
+            with self.subTest(target=target), self.assertRaises(HTTPError) as ctx:
+                parse_request_target("GET", target)
+            self.assertEqual(ctx.exception.status, 400)
+
+    def test_connect_not_implemented(self):
+        with self.assertRaises(HTTPError) as ctx:
+            parse_request_target("CONNECT", "example.com:443")
+        self.assertEqual(ctx.exception.status, 501)
+
+
+class ParseBodyFramingTests(unittest.TestCase):
+
+    def framing(self, fields: bytes, version=b"1.1"):
+        return parse_body_framing(parse_request_head(b"POST / HTTP/" + version + fields))
+
+    def assertRejected(self, fields: bytes, status=400, version=b"1.1"):
+        with self.assertRaises(HTTPError) as ctx:
+            self.framing(fields, version)
+        self.assertEqual(ctx.exception.status, status, ctx.exception.detail)
+
+    def test_no_body(self):
+        self.assertEqual(self.framing(b""), 0)
+
+    def test_content_length(self):
+        self.assertEqual(self.framing(b"\r\nContent-Length: 42"), 42)
+        self.assertEqual(self.framing(b"\r\nContent-Length: 007"), 7)
+
+    def test_chunked(self):
+        self.assertIsNone(self.framing(b"\r\nTransfer-Encoding: chunked"))
+        self.assertIsNone(self.framing(b"\r\nTransfer-Encoding: Chunked"))
+
+    def test_content_length_with_transfer_encoding_rejected(self):
+        self.assertRejected(b"\r\nContent-Length: 5\r\nTransfer-Encoding: chunked")
+        self.assertRejected(b"\r\nTransfer-Encoding: chunked\r\nContent-Length: 5")
+
+    def test_malformed_content_length_rejected(self):
+        for value in (b"+5", b"-5", b"5 5", b"0x5", b"5,5", b"5, 5", b"", b"1e3", b"\xb2",
+                      b"1234567890123456789"):
+            with self.subTest(value=value):
+                self.assertRejected(b"\r\nContent-Length: " + value)
+
+    def test_transfer_encoding_other_than_final_chunked_rejected(self):
+        for value in (b"chunked, gzip", b"gzip", b"identity", b"chunked, chunked", b"", b"chunked,"):
+            with self.subTest(value=value):
+                self.assertRejected(b"\r\nTransfer-Encoding: " + value)
+
+    def test_transfer_encoding_split_over_two_lines_rejected(self):
+        self.assertRejected(b"\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked")
+
+    def test_unknown_coding_before_chunked_not_implemented(self):
+        self.assertRejected(b"\r\nTransfer-Encoding: gzip, chunked", 501)
+
+    def test_transfer_encoding_in_http_1_0_rejected(self):
+        self.assertRejected(b"\r\nTransfer-Encoding: chunked", 400, b"1.0")
+
+
+class ParseChunkSizeTests(unittest.TestCase):
+
+    def test_sizes(self):
+        self.assertEqual(wsgihost.parse_chunk_size(b"0\r\n"), 0)
+        self.assertEqual(wsgihost.parse_chunk_size(b"1aF\r\n"), 0x1AF)
+        self.assertEqual(wsgihost.parse_chunk_size(b"ffffffffffffffff\r\n"), 2 ** 64 - 1)
+
+    def test_extensions_accepted_and_ignored(self):
+        self.assertEqual(wsgihost.parse_chunk_size(b'5;name=value;flag ; q="a \\"b\\""\r\n'), 5)
+
+    def test_invalid_chunk_size_lines_rejected(self):
+        for line in (b"-1\r\n", b"+1\r\n", b"0x5\r\n", b"\r\n", b" 5\r\n", b"5\n", b"g\r\n",
+                     b"1ffffffffffffffff\r\n", b"5;\r\n", b"5;a=\r\n", b'5;a="x\r\n', b"5;a\x00\r\n"):
+            with self.subTest(line=line), self.assertRaises(HTTPError):
+                wsgihost.parse_chunk_size(line)
+
+
+# -----------------------------------------------------------------------------
+# 4-7. Bodies, environ, response and the connection, through a fake socket
+# -----------------------------------------------------------------------------
+
+class EnvironTests(unittest.TestCase):
+
+    def test_environ_keys(self):
+        env = get_environ(b"GET /a/b?x=%20y HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n\r\n")
+        self.assertEqual(env["REQUEST_METHOD"], "GET")
+        self.assertEqual(env["SCRIPT_NAME"], "")
+        self.assertEqual(env["PATH_INFO"], "/a/b")
+        self.assertEqual(env["QUERY_STRING"], "x=%20y")
+        self.assertEqual(env["SERVER_PROTOCOL"], "HTTP/1.1")
+        self.assertEqual(env["HTTP_HOST"], "example.com:8080")
+        self.assertEqual(env["HTTP_USER_AGENT"], "t")
+        self.assertEqual(env["REMOTE_ADDR"], "127.0.0.1")
+        self.assertEqual(env["REMOTE_PORT"], "54321")
+        self.assertEqual(env["SERVER_PORT"], "8080")
+        self.assertEqual(env["wsgi.url_scheme"], "http")
+        self.assertEqual(env["REQUEST_URI"], "/a/b?x=%20y")
+        self.assertNotIn("CONTENT_LENGTH", env)
+        self.assertNotIn("HTTP_CONTENT_LENGTH", env)
+
+    def test_wsgi_keys(self):
+        seen = {}
+
+        def app(environ, start_response):
+            seen.update(environ)
+            start_response("204 No Content", [])
+            return []
+        run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(seen["wsgi.version"], (1, 0))
+        self.assertIs(seen["wsgi.multithread"], True)
+        self.assertIs(seen["wsgi.multiprocess"], False)
+        self.assertIs(seen["wsgi.run_once"], False)
+        self.assertIs(seen["wsgi.input_terminated"], True)
+        self.assertIs(seen["wsgi.file_wrapper"], wsgihost.FileWrapper)
+        self.assertTrue(hasattr(seen["wsgi.errors"], "write"))
+
+    def test_path_info_percent_decoded_as_latin1(self):
+        env = get_environ(b"GET /a%20b/%E2%82%AC/%2F HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(env["PATH_INFO"], "/a b/\xe2\x82\xac//")
+        self.assertEqual(env["PATH_INFO"].encode("latin-1").decode("utf-8"), "/a b/\u20ac//")
+
+    def test_content_length_and_type(self):
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\n"
+                          b"Content-Length: 5\r\n\r\nhello")
+        self.assertEqual((env["CONTENT_TYPE"], env["CONTENT_LENGTH"], env["body"]),
+                         ("text/plain", "5", "hello"))
+        self.assertNotIn("HTTP_CONTENT_TYPE", env)
+
+    def test_repeated_header_joined_in_environ(self):
+        env = get_environ(b"GET / HTTP/1.1\r\nHost: a\r\nAccept: a/b\r\nAccept: c/d\r\n\r\n")
+        self.assertEqual(env["HTTP_ACCEPT"], "a/b, c/d")
+
+    def test_absolute_form_target_sets_host_and_path(self):
+        env = get_environ(b"GET http://other.example/p/q?r HTTP/1.1\r\nHost: ignored\r\n\r\n")
+        self.assertEqual((env["HTTP_HOST"], env["PATH_INFO"], env["QUERY_STRING"]),
+                         ("other.example", "/p/q", "r"))
+
+    def test_http_1_1_without_host_rejected(self):
+        resp = one(hello_app, b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(resp.status, 400)
+        self.assertEqual(resp.headers["connection"], "close")
+
+    def test_http_1_0_without_host_accepted(self):
+        self.assertEqual(one(hello_app, b"GET / HTTP/1.0\r\n\r\n").status, 200)
+
+    def test_invalid_host_rejected(self):
+        self.assertEqual(one(hello_app, b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n").status, 400)
+
+
+MOUNT_CONFIG = {"workers": [{"type": "router", "transports": [{
+    "type": "web", "endpoint": {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+    "paths": {
+        "/": {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"},
+        "app": {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"},
+        "api": {"type": "path", "paths": {
+            "v1": {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}}},
+        "ws": {"type": "websocket"},
+    }}]}]}
+
+
+class MountTests(unittest.TestCase):
+    """SPEC §2's mount table: SCRIPT_NAME is the mount, PATH_INFO the rest."""
+
+    transport = wsgihost.build_transports(MOUNT_CONFIG)[0]
+
+    def environ_for(self, path: bytes) -> dict:
+        sock = FakeSocket(b"GET " + path + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        self.transport.serve_connection(sock, REMOTE)
+        resp = split_responses(bytes(sock.sent))[0]
+        self.assertEqual(resp.status, 200, resp)
+        return json.loads(resp.body)
+
+    def test_mount_table(self):
+        for path, script_name, path_info in [
+                (b"/x", "", "/x"), (b"/app", "/app", ""), (b"/app/", "/app", "/"),
+                (b"/app/x/y", "/app", "/x/y"), (b"/api/v1/x", "/api/v1", "/x"),
+                (b"/appx", "", "/appx"), (b"/App", "", "/App"),
+                (b"/", "", "/"), (b"/%61pp/x", "/app", "/x")]:
+            with self.subTest(path=path):
+                env = self.environ_for(path)
+                self.assertEqual((env["SCRIPT_NAME"], env["PATH_INFO"]), (script_name, path_info))
+
+    def test_no_backtracking_out_of_a_nested_path(self):
+        # Twisted's traversal, as in Crossbar: /api/v2 is under "api", which has no "v2" nor "/".
+        sock = FakeSocket(b"GET /api/v2 HTTP/1.1\r\nHost: a\r\n\r\nGET /api HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.transport.serve_connection(sock, REMOTE)
+        self.assertEqual([r.status for r in split_responses(bytes(sock.sent))], [404, 404])
+
+    def test_no_default_path_gives_404(self):
+        config = json.loads(json.dumps(MOUNT_CONFIG))
+        del config["workers"][0]["transports"][0]["paths"]["/"]
+        transport = wsgihost.build_transports(config)[0]
+        sock = FakeSocket(b"GET /nothing HTTP/1.1\r\nHost: a\r\n\r\nGET /app/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        transport.serve_connection(sock, REMOTE)
+        self.assertEqual([r.status for r in split_responses(bytes(sock.sent))], [404, 200])
+
+    def test_websocket_path_answers_426_for_now(self):
+        sock = FakeSocket(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.transport.serve_connection(sock, REMOTE)
+        resp = split_responses(bytes(sock.sent))[0]
+        self.assertEqual(resp.status, 426)
+        self.assertEqual(resp.headers["upgrade"], "websocket")
+
+
+class RequestBodyTests(unittest.TestCase):
+
+    def test_chunked_body(self):
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        self.assertEqual(env["body"], "hello world")
+        self.assertNotIn("CONTENT_LENGTH", env)
+
+    def test_chunked_body_with_extension(self):
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5;ext=1\r\nhello\r\n0;last\r\n\r\n")
+        self.assertEqual(env["body"], "hello")
+
+    def test_chunked_trailers_never_reach_the_environ(self):
+        seen = {}
+
+        def app(environ, start_response):
+            seen["body"] = environ["wsgi.input"].read()
+            seen.update(environ)
+            start_response("200 OK", TEXT)
+            return [b""]
+        run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\nX-Trailer: evil\r\nHost: evil\r\n\r\n", validate=False)
+        self.assertEqual(seen["body"], b"abc")
+        self.assertNotIn("HTTP_X_TRAILER", seen)
+        self.assertEqual(seen["HTTP_HOST"], "a")
+
+    def test_bad_chunk_size_answered_400_and_closed(self):
+        def app(environ, start_response):
+            environ["wsgi.input"].read()
+            start_response("200 OK", TEXT)
+            return [b"read it"]
+        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"-5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        responses = split_responses(data)
+        self.assertEqual([r.status for r in responses], [400])
+        self.assertEqual(responses[0].headers["connection"], "close")
+
+    def test_chunk_data_without_crlf_rejected(self):
+        def app(environ, start_response):
+            environ["wsgi.input"].read()
+            start_response("200 OK", TEXT)
+            return [b""]
+        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\nabcXY0\r\n\r\n", validate=False)
+        self.assertEqual(split_responses(data)[0].status, 400)
+
+    def test_body_read_one_byte_at_a_time(self):
+        request = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n1;x=y\r\n!\r\n0\r\n\r\n")
+        resp = one(environ_app, request, piece=1)
+        self.assertEqual(json.loads(resp.body)["body"], "hello!")
+
+    def test_input_read_readline_readlines_iteration(self):
+        seen = {}
+
+        def app(environ, start_response):
+            stream = environ["wsgi.input"]
+            seen["line1"] = stream.readline()
+            seen["part"] = stream.readline(3)
+            seen["read"] = stream.read(4)
+            seen["lines"] = stream.readlines()
+            seen["end"] = stream.read(10)
+            start_response("200 OK", TEXT)
+            return [b""]
+        body = b"first\nsecond line\nthird\nlast"
+        run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.assertEqual(seen, {"line1": b"first\n", "part": b"sec", "read": b"ond ",
+                                "lines": [b"line\n", b"third\n", b"last"], "end": b""})
+
+    def test_input_iteration_and_read_all(self):
+        seen = []
+
+        def app(environ, start_response):
+            seen.extend(environ["wsgi.input"])
+            start_response("200 OK", TEXT)
+            return [b""]
+        run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"4\r\na\nbc\r\n2\r\nd\n\r\n0\r\n\r\n", validate=False)
+        self.assertEqual(seen, [b"a\n", b"bcd\n"])
+
+    def test_input_never_reads_past_the_body(self):
+        def app(environ, start_response):
+            data = environ["wsgi.input"].read(100)
+            start_response("200 OK", TEXT)
+            return [data]
+        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nde")
+        self.assertEqual([r.body for r in split_responses(data)], [b"abc", b"de"])
+
+    def test_unread_body_is_drained_before_the_next_request(self):
+        data = run_raw(hello_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+                                  b"0123456789"
+                                  b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = split_responses(data)
+        self.assertEqual([r.status for r in responses], [200, 200])
+        self.assertNotIn("connection", responses[0].headers)
+
+    def test_unread_chunked_body_is_drained(self):
+        data = run_raw(hello_app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"3\r\nabc\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual([r.status for r in split_responses(data)], [200, 200])
+
+    def test_large_unread_body_closes_the_connection(self):
+        body = b"x" * (wsgihost.MAX_DRAIN_SIZE + 1)
+        data = run_raw(hello_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                                  b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" % (len(body), body))
+        responses = split_responses(data)
+        self.assertEqual(len(responses), 1)
+        self.assertEqual(responses[0].headers["connection"], "close")
+
+    def test_max_body_size_content_length(self):
+        data = run_raw(environ_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n"
+                                    b"hello world", max_body_size=10)
+        self.assertEqual(split_responses(data)[0].status, 413)
+        ok = run_raw(environ_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+                                  b"hello worl", max_body_size=10)
+        self.assertEqual(split_responses(ok)[0].status, 200)
+
+    def test_max_body_size_chunked(self):
+        request = (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        self.assertEqual(split_responses(run_raw(environ_app, request, max_body_size=10))[0].status, 413)
+        self.assertEqual(split_responses(run_raw(environ_app, request, max_body_size=11))[0].status, 200)
+
+    def test_client_gone_mid_body_costs_nothing_else(self):
+        closed = []
+
+        class Body:
+            def __init__(self, stream):
+                self.stream = stream
+
+            def __iter__(self):
+                yield self.stream.read(10)      # the client is gone after 3 bytes
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return Body(environ["wsgi.input"])
+        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        self.assertEqual(data, b"")
+        self.assertEqual(closed, [True])
+
+
+class ExpectContinueTests(unittest.TestCase):
+
+    def test_100_continue_sent_when_the_app_reads(self):
+        data = run_raw(environ_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                    b"Expect: 100-continue\r\n\r\nhello")
+        self.assertTrue(data.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"), data)
+        self.assertEqual(json.loads(split_responses(data)[1].body)["body"], "hello")
+
+    def test_100_continue_not_sent_when_the_app_does_not_read(self):
+        data = run_raw(hello_app, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+                                  b"Expect: 100-continue\r\n\r\n")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+        self.assertNotIn(b"100 Continue", data)
+        self.assertEqual(split_responses(data)[0].headers["connection"], "close")
+
+    def test_100_continue_ignored_on_http_1_0(self):
+        data = run_raw(environ_app, b"POST / HTTP/1.0\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi")
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"), data)
+
+    def test_unknown_expectation_answered_417(self):
+        resp = one(hello_app, b"GET / HTTP/1.1\r\nHost: a\r\nExpect: something\r\n\r\n")
+        self.assertEqual(resp.status, 417)
+
+
+class ResponseFramingTests(unittest.TestCase):
+
+    def test_exact_bytes_of_a_simple_response(self):
+        # validate=False here and below: the validator wraps the list in an
+        # iterator, which hides that the body was given whole.
+        data = run_raw(hello_app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        date = wsgihost.date_line()
+        self.assertEqual(data, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
+                               + date + b"Server: wsgihost/" + wsgihost.__version__.encode()
+                               + b"\r\n\r\nHello, World!")
+
+    def test_list_body_gets_content_length(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return [b"ab", b"", b"cde"]
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        self.assertEqual((resp.headers["content-length"], resp.body), ("5", b"abcde"))
+
+    def test_generator_body_chunked_on_1_1(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            yield b"ab"
+            yield b""
+            yield b"cde"
+        data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", data)
+        self.assertTrue(data.endswith(b"\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), data)
+
+    def test_generator_body_close_delimited_on_1_0(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            yield b"ab"
+            yield b"cd"
+        data = run_raw(app, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        self.assertNotIn(b"Transfer-Encoding", data)
+        self.assertNotIn(b"Content-Length", data)
+        self.assertTrue(data.endswith(b"\r\n\r\nabcd"))
+
+    def test_app_content_length_used_for_a_stream(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "4")])
+            yield b"ab"
+            yield b"cd"
+        data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertNotIn(b"chunked", data)
+        self.assertTrue(data.endswith(b"\r\n\r\nabcd"))
+
+    def test_head_has_no_body_but_the_length(self):
+        data = run_raw(hello_app, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                       validate=False)
+        responses = split_responses(data, ["HEAD", "GET"])
+        self.assertEqual(responses[0].headers["content-length"], "13")
+        self.assertTrue(data.count(b"Hello, World!") == 1 and data.endswith(b"Hello, World!"))
+
+    def test_head_of_a_stream_has_no_body_and_no_chunked(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            yield b"data"
+        data = run_raw(app, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(data.endswith(b"\r\n\r\n"))
+        self.assertNotIn(b"data", data)
+        self.assertNotIn(b"chunked", data)
+
+    def test_head_with_app_content_length_keeps_the_connection(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "100")])
+            return []
+        data = run_raw(app, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = split_responses(data, ["HEAD", "HEAD"])
+        self.assertEqual([r.headers["content-length"] for r in responses], ["100", "100"])
+
+    def test_204_and_304_have_no_body(self):
+        for status in ("204 No Content", "304 Not Modified"):
+            def app(environ, start_response, status=status):
+                start_response(status, [("Content-Length", "4")] if status[0:3] == "304" else [])
+                return [b"body"]
+            with self.subTest(status=status):
+                data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                self.assertNotIn(b"body", data)
+                self.assertNotIn(b"chunked", data)
+                self.assertEqual(len(split_responses(data)), 2)
+
+    def test_204_never_carries_content_length(self):
+        def app(environ, start_response):
+            start_response("204 No Content", [("Content-Length", "0")])
+            return []
+        self.assertNotIn(b"Content-Length", run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+
+    def test_app_date_and_server_kept(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Server", "mine"), ("Date", "Thu, 01 Jan 1970 00:00:00 GMT")])
+            return [b""]
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((resp.headers["server"], resp.headers["date"]),
+                         ("mine", "Thu, 01 Jan 1970 00:00:00 GMT"))
+
+    def test_format_http_date(self):
+        self.assertEqual(wsgihost.format_http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT")
+
+    def test_write_callable(self):
+        def app(environ, start_response):
+            write = start_response("200 OK", TEXT)
+            write(b"one ")
+            write(b"")
+            return [b"two"]
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(resp.body, b"one two")
+
+    def test_headers_wait_for_the_first_non_empty_chunk(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            yield b""
+            start_response("500 Oops", [], sys.exc_info())   # still allowed: nothing sent
+            yield b"x"
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        self.assertEqual(resp.status, 500)
+
+    def test_exc_info_replaces_headers_not_yet_sent(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("X-First", "1")])
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                start_response("500 Internal Server Error", TEXT + [("X-Second", "2")], sys.exc_info())
+            return [b"error page"]
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((resp.status, resp.body), (500, b"error page"))
+        self.assertNotIn("x-first", resp.headers)
+        self.assertEqual(resp.headers["x-second"], "2")
+
+    def test_exc_info_after_headers_sent_reraises_and_closes(self):
+        def app(environ, start_response):
+            write = start_response("200 OK", TEXT)
+            write(b"partial")
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                start_response("500 Internal Server Error", [], sys.exc_info())
+            return [b"never"]
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertIn("ValueError: boom", "\n".join(logs.output))
+        self.assertTrue(data.endswith(b"7\r\npartial\r\n"), data)   # no last-chunk: the client sees it cut
+        self.assertEqual(data.count(b"HTTP/1.1 200"), 1)
+
+    def test_content_length_not_filled_closes_the_connection(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "10")])
+            return [b"short"]
+        with self.assertLogs("wsgihost", "ERROR"):
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                           validate=False)
+        self.assertEqual(data.count(b"HTTP/1.1 200"), 1)
+        self.assertTrue(data.endswith(b"short"))
+
+    def test_content_length_overflow_is_cut(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Length", "3")])
+            return [b"abcdef"]
+        with self.assertLogs("wsgihost", "ERROR"):
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                           validate=False)
+        self.assertTrue(data.endswith(b"\r\n\r\nabc"))
+        self.assertEqual(data.count(b"HTTP/1.1 200"), 1)
+
+    def test_file_wrapper_without_sendfile_iterates(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return environ["wsgi.file_wrapper"](io.BytesIO(b"file body"), 4)
+        resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(resp.body, b"file body")
+
+
+class KeepAliveTests(unittest.TestCase):
+
+    def test_pipelined_requests_answered_in_order(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return [environ["PATH_INFO"].encode()]
+        request = b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(10))
+        for piece in (None, 1, 7):
+            with self.subTest(piece=piece):
+                bodies = [r.body for r in split_responses(run_raw(app, request, piece=piece))]
+                self.assertEqual(bodies, [b"/%d" % i for i in range(10)])
+
+    def test_connection_close_honoured(self):
+        data = run_raw(hello_app, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                                  b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = split_responses(data)
+        self.assertEqual(len(responses), 1)
+        self.assertEqual(responses[0].headers["connection"], "close")
+
+    def test_http_1_0_closes_by_default(self):
+        data = run_raw(hello_app, b"GET / HTTP/1.0\r\n\r\nGET / HTTP/1.0\r\n\r\n")
+        responses = split_responses(data)
+        self.assertEqual(len(responses), 1)
+        self.assertNotIn("connection", responses[0].headers)
+
+    def test_http_1_0_keep_alive(self):
+        data = run_raw(hello_app, b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+                                  b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", validate=False)
+        responses = split_responses(data)
+        self.assertEqual([r.headers["connection"] for r in responses], ["keep-alive", "keep-alive"])
+
+    def test_empty_lines_before_a_request_ignored(self):
+        data = run_raw(hello_app, b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(split_responses(data)[0].status, 200)
+
+    def test_options_asterisk(self):
+        resp = one(hello_app, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(resp.status, 200)
+        self.assertIn("GET", resp.headers["allow"])
+
+    def test_bad_request_answered_and_closed(self):
+        data = run_raw(hello_app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+                                  b"GET / HTTP/1.1\r\nHost : a\r\n\r\n"
+                                  b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = split_responses(data)
+        self.assertEqual([r.status for r in responses], [200, 400])
+        self.assertEqual(responses[1].headers["connection"], "close")
+        self.assertIn(b"whitespace before the colon", responses[1].body)
+
+    def test_head_limits_while_receiving(self):
+        resp = split_responses(run_raw(hello_app, b"GET /" + b"a" * 200, max_request_line=100))
+        self.assertEqual(resp[0].status, 414)
+        resp = split_responses(run_raw(hello_app, b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 40,
+                                       max_head_size=200))
+        self.assertEqual(resp[0].status, 431)
+
+    def test_lf_only_request_rejected(self):
+        self.assertEqual(split_responses(run_raw(hello_app, b"GET / HTTP/1.1\nHost: a\n\n"))[0].status, 400)
+
+
+class AppErrorTests(unittest.TestCase):
+
+    def assert500(self, app, validate=False):
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                           validate=validate)
+        responses = split_responses(data)
+        self.assertEqual([r.status for r in responses], [500])
+        self.assertEqual(responses[0].headers["connection"], "close")
+        self.assertNotIn(b"Traceback", responses[0].body)
+        return "\n".join(logs.output)
+
+    def test_app_raises(self):
+        def app(environ, start_response):
+            raise RuntimeError("kaputt")
+        self.assertIn("RuntimeError: kaputt", self.assert500(app))
+
+    def test_app_raises_while_iterating_and_close_is_called(self):
+        closed = []
+
+        class Body:
+            def __iter__(self):
+                raise RuntimeError("in iteration")
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return Body()
+        self.assert500(app)
+        self.assertEqual(closed, [True])
+
+    def test_app_never_calls_start_response(self):
+        self.assertIn("without calling start_response", self.assert500(lambda e, s: [b"x"]))
+        self.assert500(lambda e, s: iter([b"x"]))
+
+    def test_app_returns_non_iterable(self):
+        self.assert500(lambda e, s: s("200 OK", TEXT) and None)
+
+    def test_app_yields_str(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return ["text"]
+        self.assertIn("WSGI bodies are bytes", self.assert500(app))
+
+    def test_start_response_twice_without_exc_info(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            start_response("200 OK", TEXT)
+            return [b""]
+        self.assertIn("second time", self.assert500(app))
+
+    def test_header_with_newline_never_reaches_the_wire(self):
+        def app(environ, start_response):
+            start_response("200 OK", [("X-A", "a\r\nSet-Cookie: evil=1")])
+            return [b""]
+        self.assertIn("control character", self.assert500(app))
+
+    def test_status_with_newline_refused(self):
+        self.assert500(lambda e, s: s("200 OK\r\nX: y", []) or [b""])
+
+    def test_invalid_statuses_refused(self):
+        for status in ("200", "20 OK", "OK 200", "100 Continue", "2000 OK", b"200 OK"):
+            with self.subTest(status=status):
+                self.assert500(lambda e, s, status=status: s(status, []) or [b""])
+
+    def test_hop_by_hop_header_refused(self):
+        for name in ("Connection", "Transfer-Encoding", "Keep-Alive", "Upgrade"):
+            with self.subTest(name=name):
+                self.assertIn("hop-by-hop", self.assert500(lambda e, s, n=name: s("200 OK", [(n, "x")]) or [b""]))
+
+    def test_non_latin1_header_refused(self):
+        self.assert500(lambda e, s: s("200 OK", [("X-A", "\u20ac")]) or [b""])
+
+    def test_display_tracebacks(self):
+        def app(environ, start_response):
+            raise RuntimeError("shown")
+        with self.assertLogs("wsgihost", "ERROR"):
+            resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", display_tracebacks=True)
+        self.assertEqual(resp.status, 500)
+        self.assertIn(b"RuntimeError: shown", resp.body)
+
+    def test_close_called_on_normal_end(self):
+        closed = []
+
+        class Body(list):
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return Body([b"x"])
+        run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(closed, [True])
+
+    def test_close_called_when_the_client_is_gone(self):
+        closed = []
+
+        class Gone(FakeSocket):
+            def sendall(self, data):
+                raise BrokenPipeError(32, "Broken pipe")
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+
+            def body():
+                try:
+                    yield b"x"
+                    yield b"y"
+                finally:
+                    closed.append(True)
+            return body()
+        transport = wsgihost.app_transport(app)
+        transport.serve_connection(Gone(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), REMOTE)
+        self.assertEqual(closed, [True])
+
+
+class ResponseHeadTests(unittest.TestCase):
+    """build_response_head alone: PEP 3333's rules for status and headers."""
+
+    def test_serialized(self):
+        head = wsgihost.build_response_head("404 Not Found", [("Content-Type", "text/html"),
+                                                              ("Content-Length", " 12 ")])
+        self.assertEqual((head.code, head.status, head.content_length), (404, b"404 Not Found", 12))
+        self.assertEqual(head.block, b"Content-Type: text/html\r\nContent-Length: 12\r\n")
+
+    def test_headers_must_be_a_list_of_str_tuples(self):
+        for headers in ((("A", "b"),), [("A", b"b")], [["A", "b"]], [("A", "b", "c")]):
+            with self.subTest(headers=headers), self.assertRaises(TypeError):
+                wsgihost.build_response_head("200 OK", headers)
+
+
+# -----------------------------------------------------------------------------
+# 10. The real server, over sockets
+# -----------------------------------------------------------------------------
+
+def start_node(app, **options):
+    transport = wsgihost.app_transport(app, "127.0.0.1", 0, **options)
+    node = wsgihost.Node(transports=[transport]).start()
+    return node, transport.port
+
+
+class SocketTests(unittest.TestCase):
+
+    def setUp(self):
+        self.node, self.port = start_node(validator(hello_app), client_timeout=2)
+        self.addCleanup(self.node.stop, 1)
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_http_client_keep_alive(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        self.addCleanup(conn.close)
+        for _ in range(3):
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            self.assertEqual((resp.status, resp.read()), (200, b"Hello, World!"))
+        self.assertEqual(len(self.node.transports[0].connections), 1)
+
+    def test_burst_of_256_simultaneous_connections(self):
+        socks = [self.connect() for _ in range(256)]
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        deadline = time.monotonic() + 10
+        for sock in socks:
+            data = b""
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            resp = split_responses(data)
+            self.assertEqual([(r.status, r.body) for r in resp], [(200, b"Hello, World!")])
+        self.assertLess(time.monotonic(), deadline)
+
+    def test_partial_head_times_out_with_408(self):
+        self.node.stop(0)
+        self.node, self.port = start_node(hello_app, client_timeout=0.3)
+        sock = self.connect()
+        sock.sendall(b"GET / HTTP/1.1\r\nHost:")
+        self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 408 "))
+
+    def test_slow_head_cut_at_the_deadline(self):
+        self.node.stop(0)
+        self.node, self.port = start_node(hello_app, client_timeout=0.5)
+        sock = self.connect()
+        start = time.monotonic()
+        data = b""
+        for byte in b"GET / HTTP/1.1\r\nX-Slow: " + b"a" * 100:   # one byte per 0.05 s
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)
+            sock.setblocking(False)
+            try:
+                data += sock.recv(4096)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+            if data:
+                break
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+        self.assertLess(time.monotonic() - start, 1.5)
+
+    def test_idle_connection_closed_silently(self):
+        self.node.stop(0)
+        self.node, self.port = start_node(hello_app, client_timeout=0.3)
+        sock = self.connect()
+        self.assertEqual(sock.recv(4096), b"")
+
+    def test_file_wrapper_sent_with_sendfile(self):
+        self.node.stop(0)
+        with tempfile.NamedTemporaryFile(delete=False) as f:
+            f.write(b"0123456789" * 100000)
+        self.addCleanup(os.unlink, f.name)
+
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            fh = open(f.name, "rb")
+            fh.seek(10)
+            return environ["wsgi.file_wrapper"](fh)
+        self.node, self.port = start_node(app)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.getheader("Content-Length"), str(1000000 - 10))
+        self.assertEqual(resp.read(), (b"0123456789" * 100000)[10:])
+
+    def test_maxthreads_bounds_calls_into_the_app(self):
+        self.node.stop(0)
+        state = {"now": 0, "max": 0}
+        lock = threading.Lock()
+
+        def app(environ, start_response):
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(0.05)
+            with lock:
+                state["now"] -= 1
+            start_response("200 OK", TEXT)
+            return [b"ok"]
+        service = wsgihost.WSGIService(app, "test:app", maxthreads=2)
+        transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0)
+        self.node = wsgihost.Node(transports=[transport]).start()
+        results = []
+
+        def fetch():
+            conn = http.client.HTTPConnection("127.0.0.1", transport.port, timeout=10)
+            conn.request("GET", "/")
+            results.append(conn.getresponse().read())
+            conn.close()
+        threads = [threading.Thread(target=fetch) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [b"ok"] * 8)
+        self.assertEqual(state["max"], 2)
+
+    def test_graceful_stop_lets_a_request_in_flight_finish(self):
+        self.node.stop(0)
+        started = threading.Event()
+
+        def app(environ, start_response):
+            started.set()
+            time.sleep(0.5)
+            start_response("200 OK", TEXT)
+            return [b"finished"]
+        self.node, self.port = start_node(app)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        started.wait(5)
+        stopper = threading.Thread(target=self.node.stop, args=(5,))
+        stopper.start()
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read(), resp.getheader("Connection")), (200, b"finished", "close"))
+        stopper.join()
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=1)
+
+
+# -----------------------------------------------------------------------------
+# 9. Configuration and 11. the command line
+# -----------------------------------------------------------------------------
+
+def web_config(paths, endpoint=None, **transport):
+    transport.update({"type": "web", "endpoint": endpoint or {"type": "tcp", "port": 0}, "paths": paths})
+    return {"workers": [{"type": "router", "transports": [transport]}]}
+
+
+class ConfigTests(unittest.TestCase):
+
+    def assertConfigError(self, config, message, cbdir="."):
+        with self.assertRaises(wsgihost.ConfigError) as ctx:
+            wsgihost.build_transports(config, cbdir, ".crossbar/config.json")
+        self.assertEqual(str(ctx.exception), message)
+
+    def test_unknown_type(self):
+        self.assertConfigError(
+            web_config({"ws": {"type": "websockt"}}),
+            '.crossbar/config.json: workers[0].transports[0].paths["ws"]: unknown type "websockt" '
+            '(expected one of: json, path, redirect, static, websocket, wsgi)')
+
+    def test_module_not_found(self):
+        with self.assertRaises(wsgihost.ConfigError) as ctx:
+            wsgihost.build_transports(web_config({"/": {"type": "wsgi", "module": "no_such_mod_xyz",
+                                                        "object": "app"}}), ".", "c.json")
+        self.assertTrue(str(ctx.exception).startswith(
+            'c.json: workers[0].transports[0].paths["/"]: cannot import module "no_such_mod_xyz": '
+            "No module named 'no_such_mod_xyz' (search path: ["), str(ctx.exception))
+
+    def test_missing_object(self):
+        self.assertConfigError(
+            web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "ap"}}),
+            '.crossbar/config.json: workers[0].transports[0].paths["/"]: module "test_wsgihost" '
+            'has no object "ap"')
+
+    def test_object_not_callable(self):
+        self.assertConfigError(
+            web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "HERE"}}),
+            '.crossbar/config.json: workers[0].transports[0].paths["/"].object: object "HERE" of '
+            'module "test_wsgihost" is not callable: a WSGI app is a callable(environ, start_response)')
+
+    def test_wamp_service_types(self):
+        self.assertConfigError(
+            web_config({"call": {"type": "caller", "realm": "r"}}),
+            '.crossbar/config.json: workers[0].transports[0].paths["call"].type: type "caller" needs '
+            'a WAMP router, which wsgihost does not provide')
+
+    def test_version(self):
+        config = web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}})
+        wsgihost.build_transports(dict(config, version=2))
+        self.assertConfigError(dict(config, version=3), ".crossbar/config.json: version: unsupported "
+                                                        "config version 3 (expected 2, or none)")
+
+    def test_other_worker_types(self):
+        self.assertConfigError(
+            {"workers": [{"type": "container"}]},
+            '.crossbar/config.json: workers[0].type: worker type "container" is not supported: '
+            'wsgihost hosts only "router" workers\' web transports')
+
+    def test_other_transport_types(self):
+        self.assertConfigError(
+            {"workers": [{"type": "router", "transports": [{"type": "rawsocket"}]}]},
+            '.crossbar/config.json: workers[0].transports[0].type: transport type "rawsocket" is not '
+            'supported: wsgihost serves only "web" transports')
+
+    def test_invalid_path_key(self):
+        self.assertConfigError(
+            web_config({"a/b": {"type": "websocket"}}),
+            '.crossbar/config.json: workers[0].transports[0].paths["a/b"]: invalid path "a/b": a key '
+            'is "/" or one URL segment of letters, digits, "_" and "-"')
+
+    def test_threads_validated(self):
+        base = {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}
+        self.assertConfigError(web_config({"/": dict(base, maxthreads=0)}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["/"].maxthreads: '
+                               'must be at least 1, got 0')
+        self.assertConfigError(web_config({"/": dict(base, minthreads=-1)}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["/"].minthreads: '
+                               'must be 0 or more, got -1')
+        self.assertConfigError(web_config({"/": dict(base, minthreads=5, maxthreads=4)}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["/"]: minthreads '
+                               '(5) must not exceed maxthreads (4)')
+
+    def test_unsupported_yet(self):
+        self.assertConfigError(web_config({"/": {"type": "static", "directory": "."}}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["/"].type: type '
+                               '"static" is not supported by wsgihost %s yet' % wsgihost.__version__)
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 1, "tls": {}}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.tls: TLS "
+                               "endpoints are not supported yet")
+        self.assertConfigError(web_config({}, {"type": "unix", "path": "x"}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.type: unix "
+                               "socket endpoints are not supported yet")
+
+    def test_port_values(self):
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": "8080"}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint.port: expected '
+                               'a port number or "$ENVVAR", got a string "8080"')
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 70000}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.port: port "
+                               "70000 out of range (0-65535)")
+        os.environ["WSGIHOST_TEST_PORT"] = "8123"
+        self.addCleanup(os.environ.pop, "WSGIHOST_TEST_PORT")
+        transport = wsgihost.build_transports(web_config(
+            {"ws": {"type": "websocket"}}, {"type": "tcp", "port": "$WSGIHOST_TEST_PORT"}))[0]
+        self.assertEqual(transport.port, 8123)
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": "$WSGIHOST_NO_SUCH_VAR"}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.port: "
+                               "environment variable WSGIHOST_NO_SUCH_VAR is not set")
+
+    def test_options_validated(self):
+        self.assertConfigError(web_config({}, options={"client_timout": 5}),
+                               '.crossbar/config.json: workers[0].transports[0].options: unknown key '
+                               '"client_timout" (expected one of: access_log, client_timeout, '
+                               'display_tracebacks, hsts, hsts_max_age, max_body_size, max_connections, '
+                               'max_head_size, max_header_fields, max_header_line, max_request_line, '
+                               'shutdown_grace)')
+        self.assertConfigError(web_config({}, options={"max_body_size": "1M"}),
+                               '.crossbar/config.json: workers[0].transports[0].options.max_body_size: '
+                               'expected a positive integer or null, got a string "1M"')
+        transport = wsgihost.build_transports(web_config({"ws": {"type": "websocket"}},
+                                                         options={"client_timeout": 5, "max_body_size": 9}))[0]
+        self.assertEqual((transport.limits.client_timeout, transport.limits.max_body_size), (5, 9))
+
+    def test_pythonpath_relative_to_cbdir(self):
+        with tempfile.TemporaryDirectory() as project:
+            os.mkdir(os.path.join(project, ".crossbar"))
+            with open(os.path.join(project, "wsgihost_cbdir_probe.py"), "w") as f:
+                f.write("def app(environ, start_response):\n"
+                        "    start_response('200 OK', [])\n    return [b'probe']\n")
+            config = web_config({"/": {"type": "wsgi", "module": "wsgihost_cbdir_probe", "object": "app"}})
+            config["workers"][0]["options"] = {"pythonpath": [".."]}
+            path = os.path.join(project, ".crossbar", "config.json")
+            with open(path, "w") as f:
+                json.dump(config, f)
+            node = wsgihost.Node.from_file(os.path.join(project, ".crossbar"))
+            self.assertIn(os.path.normpath(project), sys.path)
+            self.assertEqual(node.urls(), ["http://0.0.0.0:0/ (wsgi wsgihost_cbdir_probe:app)"])
+
+    def test_invalid_json(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write('{"workers": [}')
+        self.addCleanup(os.unlink, f.name)
+        with self.assertRaises(wsgihost.ConfigError) as ctx:
+            wsgihost.load_config(f.name)
+        self.assertEqual(str(ctx.exception), "%s: invalid JSON: Expecting value: line 1 column 14 "
+                                             "(char 13)" % f.name)
+
+
+class CommandLineTests(unittest.TestCase):
+
+    def run_main(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = wsgihost.main(list(argv))
+            except SystemExit as exc:
+                status = exc.code
+        return status, out.getvalue(), err.getvalue()
+
+    def test_check_ok(self):
+        status, out, err = self.run_main("--check", os.path.join(HERE, "examples", "hello", ".crossbar"))
+        self.assertEqual((status, out), (0, "ok: 1 transports, 3 paths\n"))
+
+    def test_config_error_is_one_line_and_exit_2(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                json.dump(web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "ap"}}), f)
+            status, out, err = self.run_main(path)
+        self.assertEqual(status, 2)
+        self.assertEqual(err, '%s: workers[0].transports[0].paths["/"]: module "test_wsgihost" has no '
+                              'object "ap"\n' % path)
+
+    def test_missing_config_file(self):
+        status, out, err = self.run_main("/nonexistent/wsgihost/config.json")
+        self.assertEqual(status, 2)
+        self.assertEqual(err, "/nonexistent/wsgihost/config.json: cannot read the config: "
+                              "No such file or directory\n")
+
+    def test_version(self):
+        status, out, err = self.run_main("--version")
+        self.assertEqual((status, out), (0, "wsgihost %s\n" % wsgihost.__version__))
+
+    def test_bad_app_spec(self):
+        status, out, err = self.run_main("--app", "nocolon")
+        self.assertEqual((status, err), (2, "wsgihost: --app: expected MODULE:OBJECT, got 'nocolon'\n"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SubprocessTests(unittest.TestCase):
+    """``python wsgihost.py CONFIG`` as a user runs it."""
+
+    def start(self, args, cwd):
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py")] + args, cwd=cwd,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        return proc
+
+    def wait_for_port(self, port, proc):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if proc.poll() is not None:
+                    self.fail("server exited: %r" % (proc.communicate(),))
+                time.sleep(0.05)
+        self.fail("server did not start")
+
+    def copy_example(self, name):
+        """A copy of examples/NAME with its port changed to a free one."""
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root)
+        target = os.path.join(root, name)
+        shutil.copytree(os.path.join(HERE, "examples", name), target)
+        path = os.path.join(target, ".crossbar", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        port = free_port()
+        config["workers"][0]["transports"][0]["endpoint"]["port"] = port
+        with open(path, "w") as f:
+            json.dump(config, f)
+        return target, port
+
+    def test_hello_example_served_and_stopped_by_sigterm(self):
+        target, port = self.copy_example("hello")
+        proc = self.start([".crossbar/config.json"], target)
+        self.wait_for_port(port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"Hello", resp.read())
+        conn.request("GET", "/info/some/path?x=1")
+        resp = conn.getresponse()
+        body = resp.read()
+        self.assertIn(b"SCRIPT_NAME: /info", body)
+        self.assertIn(b"PATH_INFO: /some/path", body)
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("serving http://127.0.0.1:%d/ (wsgi hello:app), http://127.0.0.1:%d/info "
+                      "(wsgi hello:info), ws://127.0.0.1:%d/ws (websocket)" % (port, port, port),
+                      err.decode())
+
+    def test_port_in_use_is_exit_1(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            proc = self.start(["--app", "test_wsgihost:hello_app", "--port", str(port)], HERE)
+            out, err = proc.communicate(timeout=10)
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(err.decode().strip().splitlines()[-1],
+                         "cannot listen on 127.0.0.1:%d: Address already in use" % port)
+
+    def test_app_importing_wsgihost_gets_the_running_module(self):
+        port = free_port()
+        proc = self.start(["--app", "test_wsgihost:module_identity_app", "--port", str(port)], HERE)
+        self.wait_for_port(port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().read(), b"True")
+        conn.close()
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def module_identity_app(environ, start_response):
+    import wsgihost as imported
+    start_response("200 OK", TEXT)
+    return [str(imported is sys.modules["__main__"]).encode()]
+
+
+class FlaskExampleTests(unittest.TestCase):
+    """The seed's Flask example, verbatim, served and fetched."""
+
+    def test_flask_example(self):
+        try:
+            import flask  # noqa: F401
+        except ImportError:
+            self.skipTest("Flask is not installed")
+        cbdir = os.path.join(HERE, "examples", "flask", ".crossbar")
+        config, cbdir = wsgihost.load_config(os.path.join(cbdir, "config.json"))
+        config["workers"][0]["transports"][0]["endpoint"]["port"] = 0
+        config["workers"][0]["transports"][0]["endpoint"]["interface"] = "127.0.0.1"
+        node = wsgihost.Node(config, cbdir).start()
+        self.addCleanup(node.stop, 1)
+        conn = http.client.HTTPConnection("127.0.0.1", node.transports[0].port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"<h1>Hello from Crossbar.io</h1>", resp.read())
+        conn.close()
+
+
+# -----------------------------------------------------------------------------
+# Runner: a closing line "N passed, N failed, N skipped"
+# -----------------------------------------------------------------------------
+
+def run_tests() -> int:
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+    result = unittest.TextTestRunner(verbosity=1).run(suite)
+    failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    if skipped and os.environ.get("WSGIHOST_REQUIRE_ALL"):
+        print("WSGIHOST_REQUIRE_ALL is set: skipped tests count as failures:")
+        for test, reason in result.skipped:
+            print("  %s: %s" % (test.id(), reason))
+        return 1
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.modules.setdefault("test_wsgihost", sys.modules[__name__])
+    sys.exit(run_tests())

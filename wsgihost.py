@@ -1,0 +1,2050 @@
+"""wsgihost -- a WSGI host in one file of pure standard-library Python.
+
+wsgihost serves WSGI applications (Flask, Django, Pyramid or plain WSGI) and
+WebSocket endpoints from a Crossbar.io node configuration, as Crossbar's "WSGI
+Host Service" does, with nothing to install: copy this file into a project, or
+``pip install`` it, and run it.
+
+Three ways to use it::
+
+    python wsgihost.py .crossbar/config.json        # a Crossbar.io node config
+    python wsgihost.py --app myapp:app --port 8080   # one app, no config file
+    import wsgihost; wsgihost.serve(app, "127.0.0.1", 8080)   # from Python
+
+What it implements:
+
+- PEP 3333 (WSGI 1.0.1): the environ, ``start_response`` with ``exc_info``,
+  ``write()``, ``wsgi.file_wrapper`` (``os.sendfile`` for real files), and the
+  iterable's ``close()`` on every path.
+- RFC 9110 and RFC 9112 (HTTP/1.1): persistent connections, pipelining,
+  HTTP/1.0 keep-alive, chunked bodies both ways, ``Expect: 100-continue``, and
+  a strict parser that refuses every ambiguous message (request smuggling).
+- Crossbar.io's node config: router workers, web transports on TCP, paths
+  dispatched per URL segment to ``wsgi`` apps and nested ``path`` trees.
+
+What it does not do (yet): TLS, unix sockets, HTTP/2, ``static``, ``redirect``
+and ``json`` services, and the WAMP router that Crossbar also is. WebSocket
+paths (RFC 6455) answer 426 in this version.
+
+Reading order -- the sections follow the life of a request; ``grep -n "^# ="
+wsgihost.py`` prints this map:
+
+     1. Limits and protocol constants
+     2. Errors
+     3. The request head: parsing bytes           (pure: no sockets)
+     4. Request bodies: wsgi.input
+     5. The WSGI environ                          (pure)
+     6. The WSGI response: start_response, write, framing
+     7. The connection: one thread, many requests
+     8. Path dispatch and app loading
+     9. Configuration
+    10. The socket server and the node
+    11. Command line
+
+Copyright (c) 2026 the wsgihost authors. MIT License (see LICENSE): use, copy,
+modify and distribute freely, keeping this notice; no warranty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http
+import importlib
+import json
+import logging
+import os
+import queue
+import re
+import signal
+import socket
+import socketserver
+import stat
+import sys
+import threading
+import time
+import traceback
+from urllib.parse import unquote
+
+__version__ = "0.1.0"
+__all__ = [
+    "serve", "Node", "load_config", "ConfigError", "HTTPError",
+    "FileWrapper", "parse_request_head", "parse_body_framing",
+    "parse_request_target", "parse_chunk_size", "build_environ",
+    "build_response_head", "main",
+]
+
+log = logging.getLogger("wsgihost")
+access_log = logging.getLogger("wsgihost.access")
+
+
+# =============================================================================
+# 1. Limits and protocol constants
+# =============================================================================
+# Every limit below is a default: a web transport's "options" can override it
+# under the same name in lower case (e.g. "max_head_size": 131072). Each one
+# bounds what a client can make the server spend, and has an answer.
+
+#: Longest request line, CRLF excluded. Answer: 414 URI Too Long.
+#: (nginx 8 KiB, gunicorn 4 KiB, Apache 8 KiB.)
+MAX_REQUEST_LINE = 8 * 1024
+#: Longest header field line, CRLF excluded. Answer: 431.
+MAX_HEADER_LINE = 8 * 1024
+#: Whole request head, request line to the empty line included. Answer: 431.
+#: (node.js 16 KiB, h11 16 KiB, Tomcat 8 KiB, Apache 100 x 8 KiB.)
+MAX_HEAD_SIZE = 64 * 1024
+#: Header field lines in one request. Answer: 431. (Apache and gunicorn: 100.)
+MAX_HEADER_FIELDS = 100
+#: Request body, in bytes; None: no limit, the body is streamed to the app.
+#: Answer: 413 Content Too Large.
+MAX_BODY_SIZE = None
+#: Seconds a connection may sit idle between requests, that a request head may
+#: take to arrive once begun, and that any one receive or send may wait.
+#: Answer: the connection is closed (after a 408 if a request had begun).
+CLIENT_TIMEOUT = 60.0
+#: Connections served at once by one transport; further ones wait in the
+#: listen backlog until a slot frees up.
+MAX_CONNECTIONS = 1000
+#: Listen backlog. socketserver's default of 5 drops connections in a burst;
+#: the kernel caps this at net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 1024
+#: A chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
+#: allows extensions but sets no bound; h11 and node bound them too). Answer: 400.
+MAX_CHUNK_LINE = 4 * 1024
+#: The trailer section of a chunked body, which is read and discarded. Answer: 431.
+MAX_TRAILER_SIZE = 8 * 1024
+#: An unread request body up to this size is read and discarded after the
+#: response so that the connection can be reused; a longer one closes it.
+MAX_DRAIN_SIZE = 64 * 1024
+#: Seconds a stopping server waits for requests in flight to finish.
+SHUTDOWN_GRACE = 10.0
+
+#: Bytes asked of the kernel per recv(); larger reads for big bodies.
+RECV_SIZE = 64 * 1024
+MAX_RECV_SIZE = 256 * 1024
+#: Responses up to this size go out in one send() with their head.
+MAX_COALESCED_BODY = 64 * 1024
+#: An idle pool thread exits after this many seconds without a connection.
+IDLE_THREAD_TIMEOUT = 60.0
+
+SERVER_SOFTWARE = "wsgihost/" + __version__
+
+# RFC 9110 §5.6.2: token = 1*tchar
+_TCHAR = rb"!#$%&'*+\-.^_`|~0-9A-Za-z"
+TOKEN_RE = re.compile(rb"[%s]+" % _TCHAR)
+# RFC 9112 §3: request-line = method SP request-target SP HTTP-version
+# method is a token; the target is checked for forbidden bytes here (CTLs, SP,
+# DEL) and for its form in parse_request_target; RFC 9112 §2.3:
+# HTTP-version = "HTTP" "/" DIGIT "." DIGIT, case-sensitive.
+REQUEST_LINE_RE = re.compile(rb"([%s]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9])" % _TCHAR)
+# Bytes that never belong in a request head: NUL and the other controls but
+# HTAB (RFC 9110 §5.5), DEL, and a CR or LF that is not part of a CRLF
+# (RFC 9112 §2.2: a bare CR must be rejected; we refuse bare LF too, since a
+# front end that splits lines differently is how requests get smuggled).
+BAD_HEAD_BYTE_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+# RFC 9112 §6.2: Content-Length = 1*DIGIT. No sign, no spaces, no list; 18
+# digits keep the value under 2**63.
+CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
+# RFC 9112 §3.2 and RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
+HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
+# RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where
+# chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
+# ext-val = token / quoted-string. 16 hex digits keep the size under 2**64.
+_QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+CHUNK_LINE_RE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)[ \t]*\r\n"
+    % (_TCHAR, _TCHAR, _QUOTED_STRING))
+# PEP 3333: status is "three-digit code, a space, and a reason phrase";
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ).
+STATUS_RE = re.compile(r"([2-9][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
+# A response field value: no CR, LF, NUL or other control but HTAB (RFC 9110 §5.5).
+BAD_VALUE_CHAR_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+RESPONSE_FIELD_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# RFC 9110 §7.6.1 and PEP 3333 ("Applications ... are forbidden from using
+# HTTP/1.1 hop-by-hop features or headers"): the server owns these.
+HOP_BY_HOP_FIELDS = frozenset([
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+])
+# Request fields whose repetition makes the message ambiguous: RFC 9112 §3.2
+# (Host) and §6.3 (Content-Length: "several differing values" -- we refuse any
+# repetition, as nginx does, since no honest client sends two).
+SINGLETON_FIELDS = frozenset(["HTTP_HOST", "CONTENT_LENGTH"])
+
+_STATUS_PHRASES = {int(s): s.phrase for s in http.HTTPStatus}
+
+
+# =============================================================================
+# 2. Errors
+# =============================================================================
+# One small family. Parsers raise; only the connection loop turns an error
+# into a response, and only the command line turns a ConfigError into exit 2.
+
+class HTTPError(Exception):
+    """A request the server answers itself with ``status``, then closes.
+
+    ``detail`` says what was wrong with the request, for the response body
+    and the log: the offending bytes (truncated) and what was expected.
+    """
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class ClientDisconnected(ConnectionError):
+    """The client went away, or stopped sending, in the middle of a request."""
+
+
+class ConfigError(Exception):
+    """A problem with the configuration, located by its JSON path.
+
+    ``str(error)`` is the one line the command line prints:
+    ``FILE: JSON.PATH: problem``.
+    """
+
+    def __init__(self, where: str, message: str, filename: str = "config"):
+        super().__init__(message)
+        self.where = where
+        self.message = message
+        self.filename = filename
+
+    def __str__(self) -> str:
+        parts = [self.filename, self.where, self.message]
+        return ": ".join(p for p in parts if p)
+
+
+def _show(data, limit: int = 60) -> str:
+    """The repr of some offending input, truncated for a message."""
+    return repr(data[:limit]) + ("..." if len(data) > limit else "")
+
+
+# =============================================================================
+# 3. The request head: parsing bytes
+# =============================================================================
+# In: the bytes of a request head, from the request line up to (not including)
+# the empty line. Out: a RequestHead, or an HTTPError carrying the status to
+# answer with. Nothing here touches a socket, so tests feed bytes directly.
+#
+# Header fields are turned into their CGI/WSGI names as they are parsed
+# (``Content-Type`` -> ``CONTENT_TYPE``, ``X-Foo`` -> ``HTTP_X_FOO``), repeated
+# fields joined with ", " (RFC 9110 §5.3), so the environ is built with one
+# dict update. Names with "_" are dropped: after "-" becomes "_" they would be
+# indistinguishable, and a proxy that checks ``X-Auth-User`` would not see
+# ``X_Auth_User`` (the header-spoofing attack nginx and Apache also block).
+
+class RequestHead:
+    """A parsed request head: method, target, version and fields by CGI name."""
+
+    __slots__ = ("method", "target", "version", "fields")
+
+    def __init__(self, method: str, target: str, version: tuple, fields: dict):
+        self.method = method        # "GET"
+        self.target = target        # "/a%20b?x=1", latin-1 decoded
+        self.version = version      # (1, 1)
+        self.fields = fields        # {"HTTP_HOST": "example.com", ...}
+
+    def __repr__(self) -> str:
+        return "RequestHead(%r, %r, %r, %r)" % (self.method, self.target, self.version, self.fields)
+
+
+_cgi_names: dict = {}   # raw field-name bytes -> CGI name, or None (dropped)
+
+
+def cgi_name(field_name: bytes):
+    """``b"X-Foo"`` -> ``"HTTP_X_FOO"``; None for names with "_" (dropped)."""
+    try:
+        return _cgi_names[field_name]
+    except KeyError:
+        pass
+    upper = field_name.decode("ascii").upper()
+    if "_" in upper:
+        name = None
+    elif upper in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+        name = upper.replace("-", "_")    # PEP 3333: no HTTP_ twins for these
+    else:
+        name = "HTTP_" + upper.replace("-", "_")
+    if len(_cgi_names) < 1024:            # a cache that clients cannot grow forever
+        _cgi_names[field_name] = name
+    return name
+
+
+def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
+    """Parse a request head (no final empty line) into a RequestHead.
+
+    Raises HTTPError with 400, 414, 431 or 505.
+    """
+    limits = limits or DEFAULT_LIMITS
+    bad = BAD_HEAD_BYTE_RE.search(head)
+    if bad is not None:
+        what = {b"\r": "bare CR", b"\n": "bare LF"}.get(bad.group(), "control character")
+        line_start = head.rfind(b"\n", 0, bad.start()) + 1
+        raise HTTPError(400, "%s %r in the request head, in line %s" % (
+            what, bad.group(), _show(head[line_start:bad.end() + 20])))
+    lines = head.split(b"\r\n")
+    request_line = lines[0]
+    if len(request_line) > limits.max_request_line:
+        raise HTTPError(414, "request line of %d bytes, over the limit of %d"
+                        % (len(request_line), limits.max_request_line))
+    match = REQUEST_LINE_RE.fullmatch(request_line)
+    if match is None:
+        raise HTTPError(400, "malformed request line %s (expected: METHOD SP target SP HTTP/1.1)"
+                        % _show(request_line))
+    method, target, major, minor = match.groups()
+    version = (major[0] - 48, minor[0] - 48)
+    if version != (1, 1) and version != (1, 0):
+        # RFC 9110 §15.6.6: 505 for a major version we do not support; we
+        # answer it for any version but 1.0 and 1.1 (HTTP/2 needs a preface).
+        raise HTTPError(505, "HTTP version %d.%d is not supported (only 1.0 and 1.1)" % version)
+    if len(lines) - 1 > limits.max_header_fields:
+        raise HTTPError(431, "%d header fields, over the limit of %d"
+                        % (len(lines) - 1, limits.max_header_fields))
+    fields = {}
+    max_line = limits.max_header_line
+    for line in lines[1:]:
+        if len(line) > max_line:
+            raise HTTPError(431, "header field line of %d bytes, over the limit of %d: %s"
+                            % (len(line), max_line, _show(line, 40)))
+        name, colon, value = line.partition(b":")
+        if not colon or TOKEN_RE.fullmatch(name) is None:
+            if line[:1] in (b" ", b"\t"):
+                # RFC 9112 §5.2: obs-fold; a server MUST reject it or unfold it.
+                raise HTTPError(400, "obsolete line folding in %s" % _show(line))
+            if colon and name.rstrip(b" \t") != name:
+                # RFC 9112 §5.1: "No whitespace is allowed between the field
+                # name and colon ... MUST reject" -- a classic smuggling vector.
+                raise HTTPError(400, "whitespace before the colon in %s" % _show(line))
+            raise HTTPError(400, "invalid header field %s (expected name: value)" % _show(line))
+        key = _cgi_names.get(name) or cgi_name(name)
+        if key is None:
+            continue
+        value = value.strip(b" \t").decode("latin-1")
+        if key in fields:
+            if key in SINGLETON_FIELDS:
+                raise HTTPError(400, "%s given more than once" % name.decode("ascii"))
+            fields[key] += ", " + value
+        else:
+            fields[key] = value
+    return RequestHead(method.decode("ascii"), target.decode("latin-1"), version, fields)
+
+
+def parse_request_target(method: str, target: str):
+    """Split a request target into (path, query, authority).
+
+    ``path`` is still percent-encoded; ``authority`` is the host of an
+    absolute-form target (RFC 9112 §3.2.2), else None. Raises HTTPError.
+    """
+    authority = None
+    if target[0] != "/":
+        if target == "*" and method == "OPTIONS":
+            return "*", "", None                    # RFC 9112 §3.2.4: asterisk-form
+        scheme, sep, rest = target.partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            if method == "CONNECT":
+                raise HTTPError(501, "CONNECT is not supported: wsgihost is not a proxy")
+            raise HTTPError(400, "invalid request target %s (expected a path starting with /)"
+                            % _show(target))
+        # RFC 9112 §3.2.2: absolute-form; the server uses its authority as Host.
+        cut = len(rest)
+        for stop in "/?#":
+            found = rest.find(stop)
+            if 0 <= found < cut:
+                cut = found
+        authority, target = rest[:cut], rest[cut:]
+        if "@" in authority or not HOST_RE.fullmatch(authority):
+            raise HTTPError(400, "invalid authority %s in an absolute-form target" % _show(authority))
+        if not target.startswith("/"):
+            target = "/" + target
+    # A fragment is never sent by a conforming client (RFC 9112 §3.2); some
+    # do, and it is cut off here, as browsers would have.
+    target = target.partition("#")[0]
+    path, _, query = target.partition("?")
+    return path, query, authority
+
+
+def parse_body_framing(head: RequestHead):
+    """How the request body is delimited: its length in bytes, or None for chunked.
+
+    RFC 9112 §6.3. Everything ambiguous is refused (HTTPError 400 or 501),
+    because a proxy in front may have read the message differently.
+    """
+    fields = head.fields
+    transfer_encoding = fields.get("HTTP_TRANSFER_ENCODING")
+    content_length = fields.get("CONTENT_LENGTH")
+    if transfer_encoding is not None:
+        if content_length is not None:
+            # RFC 9112 §6.3 (3): "ought to be handled as an error" -- the
+            # CL.TE / TE.CL request-smuggling pattern.
+            raise HTTPError(400, "Content-Length together with Transfer-Encoding")
+        if head.version == (1, 0):
+            # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        codings = [c.strip(" \t").lower() for c in transfer_encoding.split(",")]
+        if codings == ["chunked"]:
+            return None
+        if codings[-1] != "chunked" or "chunked" in codings[:-1] or "" in codings:
+            # RFC 9112 §6.3 (4): chunked must be final, and only once.
+            raise HTTPError(400, "Transfer-Encoding %r: chunked must be the final coding, once"
+                            % transfer_encoding)
+        # RFC 9112 §6.1: 501 for a transfer coding the server does not understand.
+        raise HTTPError(501, "Transfer-Encoding %r is not implemented (only chunked)"
+                        % transfer_encoding)
+    if content_length is None:
+        return 0                    # RFC 9112 §6.3 (7): no body
+    if CONTENT_LENGTH_RE.fullmatch(content_length) is None:
+        raise HTTPError(400, "invalid Content-Length %s (expected 1 to 18 digits)"
+                        % _show(content_length))
+    return int(content_length)
+
+
+def parse_chunk_size(line: bytes) -> int:
+    """The size in a chunk-size line (CRLF included); extensions are checked and ignored."""
+    match = CHUNK_LINE_RE.fullmatch(line)
+    if match is None:
+        raise HTTPError(400, "invalid chunk-size line %s (expected hex digits, optional "
+                        ";extensions, CRLF)" % _show(line))
+    return int(match.group(1), 16)
+
+
+# =============================================================================
+# 4. Request bodies: wsgi.input
+# =============================================================================
+# The only objects that read from the client socket. SocketReader buffers what
+# recv() returned; the two wsgi.input classes take exactly the body's bytes
+# from it, never more, so the next request on the connection starts at the
+# right byte (pipelining). Errors in the body (a bad chunk, the client gone)
+# are raised into the app and remembered, so the connection can answer them
+# (400/413) if the app lets them through, and is closed in any case.
+
+class SocketReader:
+    """The bytes received from one socket, with a buffer; knows nothing of HTTP."""
+
+    __slots__ = ("sock", "buffer")
+
+    def __init__(self, sock, buffer: bytes = b""):
+        self.sock = sock
+        self.buffer = buffer
+
+    def read_some(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes, at least one unless the peer closed (then b"")."""
+        buffer = self.buffer
+        if buffer:
+            if len(buffer) <= limit:
+                self.buffer = b""
+                return buffer
+            self.buffer = buffer[limit:]
+            return buffer[:limit]
+        return self.sock.recv(min(limit, MAX_RECV_SIZE))
+
+    def read_line(self, limit: int) -> bytes:
+        """Bytes up to and including b"\\n", at most ``limit``; less only at EOF."""
+        buffer = self.buffer
+        searched = 0
+        while True:
+            end = buffer.find(b"\n", searched, limit)
+            if end >= 0:
+                end += 1
+                break
+            if len(buffer) >= limit:
+                end = limit
+                break
+            searched = len(buffer)
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                end = len(buffer)
+                break
+            buffer += data
+        self.buffer = buffer[end:]
+        return buffer[:end]
+
+    def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes, or ClientDisconnected."""
+        parts = []
+        while size > 0:
+            part = self.read_some(size)
+            if not part:
+                raise ClientDisconnected("the client closed the connection mid-body")
+            parts.append(part)
+            size -= len(part)
+        return b"".join(parts)
+
+
+def read_request_head(reader: SocketReader, limits: Limits):
+    """Receive one request head; return its bytes without the empty line.
+
+    None: the client closed, or stayed idle for ``client_timeout``, before
+    sending a byte of a request. HTTPError: 408 when a begun head did not
+    complete in time, 414/431 when it outgrows its limits, 400 for bare LFs.
+    """
+    buffer = reader.buffer
+    sock = reader.sock
+    deadline = None
+    searched = 0
+    while True:
+        # RFC 9112 §2.2: ignore empty lines received before the request line.
+        while buffer[:2] == b"\r\n":
+            buffer = buffer[2:]
+            searched = 0
+        end = buffer.find(b"\r\n\r\n", searched)
+        if end >= 0:
+            break
+        if len(buffer) > limits.max_head_size:
+            raise HTTPError(431, "request head over the limit of %d bytes" % limits.max_head_size)
+        if len(buffer) > limits.max_request_line + 1 and buffer.find(b"\r\n") < 0:
+            raise HTTPError(414, "request line over the limit of %d bytes" % limits.max_request_line)
+        if buffer.find(b"\n\n") >= 0:
+            raise HTTPError(400, "bare LF line endings (HTTP/1.1 needs CRLF)")
+        searched = max(0, len(buffer) - 3)
+        if buffer:
+            # A request has begun: the rest of its head must come within
+            # client_timeout (slowloris): each recv waits only what is left.
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + limits.client_timeout
+            elif now >= deadline:
+                raise HTTPError(408, "request head not complete within %gs" % limits.client_timeout)
+            sock.settimeout(deadline - now)
+        try:
+            data = sock.recv(RECV_SIZE)
+        except socket.timeout:
+            if buffer:
+                raise HTTPError(408, "request head not complete within %gs"
+                                % limits.client_timeout) from None
+            return None
+        if not data:
+            return None             # closed by the client, before or mid-head
+        buffer += data
+    if deadline is not None:
+        sock.settimeout(limits.client_timeout)
+    reader.buffer = buffer[end + 4:]
+    return buffer[:end]
+
+
+class _BodyInput:
+    """PEP 3333 wsgi.input: read, readline, readlines and iteration.
+
+    Subclasses provide ``_read_part(limit, line)``: up to ``limit`` bytes of
+    body, up to a newline if ``line``; b"" at the end of the body.
+    """
+
+    error = None            # the exception that broke the body, if any
+    finished = False        # the whole body has been read
+    _on_first_read = None   # sends "100 Continue" (RFC 9110 §10.1.1)
+
+    def _fail(self, exc):
+        self.error = exc
+        raise exc
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        while size > 0:
+            part = self._read_part(size, False)
+            if not part:
+                break
+            parts.append(part)
+            size -= len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readline(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        while size > 0:
+            part = self._read_part(size, True)
+            if not part:
+                break
+            parts.append(part)
+            size -= len(part)
+            if part[-1:] == b"\n":
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readlines(self, hint: int = -1) -> list:
+        lines, total = [], 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class FixedLengthInput(_BodyInput):
+    """A body delimited by Content-Length (RFC 9112 §6.2)."""
+
+    def __init__(self, reader: SocketReader, length: int, on_first_read=None):
+        self.reader = reader
+        self.remaining = length
+        self.finished = length == 0
+        if length:
+            self._on_first_read = on_first_read
+
+    def _read_part(self, limit: int, line: bool) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        limit = min(limit, self.remaining)
+        try:
+            if self._on_first_read is not None:
+                self._on_first_read()
+                self._on_first_read = None
+            data = self.reader.read_line(limit) if line else self.reader.read_some(limit)
+        except OSError as exc:      # socket.timeout included
+            self._fail(ClientDisconnected("reading the request body: %s" % exc))
+        if not data:
+            self._fail(ClientDisconnected("the client closed the connection with %d body bytes unsent"
+                                          % self.remaining))
+        self.remaining -= len(data)
+        if self.remaining == 0:
+            self.finished = True
+        return data
+
+    def drain(self, limit: int) -> bool:
+        """Read and discard the rest of the body if it is at most ``limit`` bytes."""
+        if self.remaining > limit or self._on_first_read is not None or self.error:
+            return self.finished
+        try:
+            while self._read_part(MAX_RECV_SIZE, False):
+                pass
+        except (ClientDisconnected, HTTPError):
+            return False
+        return True
+
+
+class ChunkedInput(_BodyInput):
+    """A body in the chunked transfer coding (RFC 9112 §7.1)."""
+
+    def __init__(self, reader: SocketReader, max_body_size=None, on_first_read=None):
+        self.reader = reader
+        self.max_body_size = max_body_size
+        self.chunk_left = 0
+        self.received = 0
+        self._on_first_read = on_first_read
+
+    def _read_part(self, limit: int, line: bool) -> bytes:
+        try:
+            if self.chunk_left == 0:
+                if self.finished or self.error:
+                    return b""
+                if self._on_first_read is not None:
+                    self._on_first_read()
+                    self._on_first_read = None
+                self._start_chunk()
+                if self.finished:
+                    return b""
+            limit = min(limit, self.chunk_left)
+            reader = self.reader
+            data = reader.read_line(limit) if line else reader.read_some(limit)
+            if not data:
+                raise ClientDisconnected("the client closed the connection mid-chunk")
+            self.chunk_left -= len(data)
+            if self.chunk_left == 0 and reader.read_exact(2) != b"\r\n":
+                raise HTTPError(400, "chunk data not followed by CRLF")
+            return data
+        except (HTTPError, ClientDisconnected) as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(ClientDisconnected("reading the request body: %s" % exc))
+
+    def _start_chunk(self):
+        line = self.reader.read_line(MAX_CHUNK_LINE)
+        if not line.endswith(b"\n"):
+            if len(line) >= MAX_CHUNK_LINE:
+                raise HTTPError(400, "chunk-size line over the limit of %d bytes" % MAX_CHUNK_LINE)
+            raise ClientDisconnected("the client closed the connection mid-body")
+        size = parse_chunk_size(line)
+        self.received += size
+        if self.max_body_size is not None and self.received > self.max_body_size:
+            raise HTTPError(413, "chunked body over the limit of %d bytes" % self.max_body_size)
+        if size == 0:
+            self._skip_trailers()
+            self.finished = True
+        self.chunk_left = size
+
+    def _skip_trailers(self):
+        # RFC 9112 §7.1.2: trailer fields may be discarded; they never reach
+        # the environ, where they could pass for headers a proxy had checked.
+        total = 0
+        while True:
+            line = self.reader.read_line(MAX_TRAILER_SIZE - total + 1)
+            total += len(line)
+            if total > MAX_TRAILER_SIZE:
+                raise HTTPError(431, "chunked trailer section over %d bytes" % MAX_TRAILER_SIZE)
+            if not line.endswith(b"\n"):
+                raise ClientDisconnected("the client closed the connection in the trailers")
+            if line == b"\r\n":
+                return
+            field = line[:-2]
+            name, colon, _ = field.partition(b":")
+            if (line[-2:] != b"\r\n" or not colon or TOKEN_RE.fullmatch(name) is None
+                    or BAD_HEAD_BYTE_RE.search(field)):
+                raise HTTPError(400, "invalid trailer field %s" % _show(line))
+
+    def drain(self, limit: int) -> bool:
+        """Read and discard at most ``limit`` more bytes of body; True if it ended."""
+        if self._on_first_read is not None or self.error:
+            return self.finished
+        try:
+            while not self.finished and limit > 0:
+                limit -= len(self._read_part(min(limit, MAX_RECV_SIZE), False))
+        except (ClientDisconnected, HTTPError):
+            return False
+        return self.finished
+
+
+class FileWrapper:
+    """PEP 3333 ``wsgi.file_wrapper``: a file sent in blocks.
+
+    When the app returns one around a real file, the server sends it with
+    ``socket.sendfile`` (zero-copy ``os.sendfile``) instead of iterating.
+    """
+
+    def __init__(self, filelike, blksize: int = 64 * 1024):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+
+# =============================================================================
+# 5. The WSGI environ
+# =============================================================================
+# PEP 3333, "environ Variables". The parts that are the same for every request
+# of a transport are built once (base_environ); a request copies them and adds
+# its own. PATH_INFO and SCRIPT_NAME are percent-decoded and carried as
+# latin-1 "bytes in a str", as PEP 3333 asks of every environ string.
+
+def build_base_environ(server_name: str, server_port: int, url_scheme: str = "http") -> dict:
+    """The environ keys shared by all requests of one transport."""
+    return {
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": str(server_port),
+        "SERVER_SOFTWARE": SERVER_SOFTWARE,
+        "SCRIPT_NAME": "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+
+
+def decode_path(path: str) -> str:
+    """Percent-decode a path, keeping each byte as one latin-1 character."""
+    if "%" not in path:
+        return path
+    return unquote(path, encoding="latin-1")
+
+
+def build_environ(base: dict, head: RequestHead, script_name: str, path_info: str,
+                  query: str, wsgi_input, remote: tuple) -> dict:
+    """The environ of one request (PEP 3333); nothing here does I/O."""
+    environ = base.copy()
+    environ.update(head.fields)
+    environ["REQUEST_METHOD"] = head.method
+    environ["SCRIPT_NAME"] = script_name
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = query
+    environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == (1, 1) else "HTTP/1.0"
+    environ["REQUEST_URI"] = environ["RAW_URI"] = head.target   # as gunicorn and uWSGI give them
+    environ["REMOTE_ADDR"] = remote[0]
+    environ["REMOTE_PORT"] = str(remote[1])
+    environ["wsgi.input"] = wsgi_input
+    return environ
+
+
+# =============================================================================
+# 6. The WSGI response: start_response, write, framing
+# =============================================================================
+# In: what the app gives (status, headers, body chunks). Out: bytes on the
+# socket. start_response validates everything the app says before a byte is
+# sent -- a CR or LF in a header would let the app's input split the response
+# (response splitting) -- so a bad header is an exception in the app, a 500.
+# The head goes out with the first non-empty body chunk, in one send; a body
+# given whole (a list) gets a Content-Length, a streamed one is chunked on
+# HTTP/1.1 and close-delimited on HTTP/1.0.
+
+class ResponseHead:
+    """What start_response was given, validated and serialized (but the framing)."""
+
+    __slots__ = ("code", "status", "block", "content_length", "has_date", "has_server")
+
+    def __init__(self, code, status, block, content_length, has_date, has_server):
+        self.code = code                        # 200
+        self.status = status                    # b"200 OK"
+        self.block = block                      # b"Content-Type: text/plain\r\n..."
+        self.content_length = content_length    # int, or None if the app gave none
+        self.has_date = has_date
+        self.has_server = has_server
+
+
+def build_response_head(status: str, headers: list) -> ResponseHead:
+    """Validate a WSGI status and header list (PEP 3333) and serialize them.
+
+    Raises TypeError or ValueError, with what was wrong and what to do instead.
+    """
+    if type(status) is not str:
+        raise TypeError("status must be a str like '200 OK', not %s" % type(status).__name__)
+    if STATUS_RE.fullmatch(status) is None:
+        raise ValueError("invalid status %s: expected three digits (200-999), a space and a "
+                         "reason phrase, without control characters" % _show(status))
+    code = int(status[:3])
+    if type(headers) is not list:
+        raise TypeError("response headers must be a list of (name, value) tuples, not %s"
+                        % type(headers).__name__)
+    lines = []
+    content_length = None
+    has_date = has_server = False
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise TypeError("each response header must be a (name, value) tuple, not %r" % (item,))
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise TypeError("response header name and value must be str: %r" % (item,))
+        if RESPONSE_FIELD_NAME_RE.fullmatch(name) is None:
+            raise ValueError("invalid response header name %s" % _show(name))
+        if BAD_VALUE_CHAR_RE.search(value) is not None:
+            raise ValueError("control character (CR, LF, NUL...) in response header %s: %s"
+                             % (name, _show(value)))
+        lower = name.lower()
+        if lower in HOP_BY_HOP_FIELDS:
+            raise ValueError("hop-by-hop header %r is not allowed from a WSGI app (PEP 3333); "
+                             "the server manages the connection" % name)
+        if lower == "content-length":
+            value = value.strip()
+            if CONTENT_LENGTH_RE.fullmatch(value) is None:
+                raise ValueError("invalid Content-Length %s" % _show(value))
+            if content_length is not None:
+                if int(value) != content_length:
+                    raise ValueError("two different Content-Length headers")
+                continue    # the same twice: send it once
+            content_length = int(value)
+            if code == 204:
+                continue    # RFC 9110 §8.6: never in a 204
+        elif lower == "date":
+            has_date = True
+        elif lower == "server":
+            has_server = True
+        lines.append("%s: %s\r\n" % (name, value))
+    if code == 204:
+        content_length = None
+    try:
+        block = "".join(lines).encode("latin-1")
+        status_bytes = status.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError("response status and headers must be latin-1 (PEP 3333): %s" % exc) from None
+    return ResponseHead(code, status_bytes, block, content_length, has_date, has_server)
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("", "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def format_http_date(timestamp: float) -> str:
+    """RFC 9110 §5.6.7 IMF-fixdate: ``Sun, 06 Nov 1994 08:49:37 GMT``."""
+    t = time.gmtime(timestamp)
+    return "%s, %02d %s %04d %02d:%02d:%02d GMT" % (
+        _WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon], t.tm_year, t.tm_hour, t.tm_min, t.tm_sec)
+
+
+_date_line = (0, b"")   # (second, b"Date: ...\r\n"): formatted once a second
+
+
+def date_line() -> bytes:
+    global _date_line
+    now = int(time.time())
+    cached = _date_line
+    if cached[0] != now:
+        cached = _date_line = (now, b"Date: %s\r\n" % format_http_date(now).encode("ascii"))
+    return cached[1]
+
+
+_SERVER_LINE = b"Server: %s\r\n" % SERVER_SOFTWARE.encode("ascii")
+
+
+class Response:
+    """One response: PEP 3333's ``start_response`` and ``write``, and the framing.
+
+    The attributes are PEP 3333's names: ``headers_set`` (what start_response
+    was given), ``headers_sent`` (the head is on the wire).
+    """
+
+    def __init__(self, sock, method: str, version: tuple, keep_alive: bool, body_input=None,
+                 transport=None):
+        self.sock = sock
+        self.transport = transport  # a stopping transport closes connections after a response
+        self.method = method
+        self.version = version
+        self.keep_alive = keep_alive
+        self.body_input = body_input
+        self.headers_set = None
+        self.headers_sent = False
+        self.chunked = False
+        self.no_body = False
+        self.remaining = None       # body bytes still owed under the app's Content-Length
+        self.body_bytes = 0         # body bytes sent, for the access log
+        self.client_gone = False
+
+    @property
+    def code(self) -> int:
+        return self.headers_set.code if self.headers_set else 0
+
+    def start_response(self, status, headers, exc_info=None):
+        """PEP 3333 start_response: remember the status and headers; send nothing."""
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    # PEP 3333: too late to change the response; re-raise.
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None     # PEP 3333: avoid a traceback/frame cycle
+        elif self.headers_set is not None:
+            raise AssertionError("start_response() called a second time without exc_info "
+                                 "(PEP 3333: only an error handler may replace the headers)")
+        self.headers_set = build_response_head(status, headers)
+        return self.write
+
+    def _begin(self, body_length) -> bytes:
+        """Choose the framing and serialize the head; ``body_length`` if known."""
+        head = self.headers_set
+        code = head.code
+        method = self.method
+        if code == 204 or code == 304 or method == "HEAD":
+            self.no_body = True     # RFC 9110 §6.4.1: these never carry content
+        extra = []
+        length = head.content_length
+        if length is None and body_length is not None and code != 204 and code != 304 and (
+                body_length or method != "HEAD"):
+            length = body_length
+            extra.append(b"Content-Length: %d\r\n" % length)
+        if length is not None:
+            if not self.no_body:
+                self.remaining = length
+        elif not self.no_body:
+            if self.version == (1, 1):
+                self.chunked = True
+                extra.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.keep_alive = False     # RFC 9112 §6.3 (8): close-delimited
+        body = self.body_input
+        if self.keep_alive and body is not None and not body.finished and (
+                body._on_first_read is not None or
+                isinstance(body, FixedLengthInput) and body.remaining > MAX_DRAIN_SIZE):
+            # The rest of the body will not be drained: too long, or never
+            # asked for with 100 Continue, so the client may never send it.
+            self.keep_alive = False
+        if self.transport is not None and self.transport.stopping:
+            self.keep_alive = False
+        if self.version == (1, 1):
+            if not self.keep_alive:
+                extra.append(b"Connection: close\r\n")
+        elif self.keep_alive:
+            extra.append(b"Connection: keep-alive\r\n")
+        if not head.has_date:
+            extra.append(date_line())
+        if not head.has_server:
+            extra.append(_SERVER_LINE)
+        self.headers_sent = True
+        return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
+
+    def _frame(self, data: bytes) -> bytes:
+        """Body bytes as they go on the wire, under the chosen framing."""
+        if self.no_body:
+            return b""
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                log.error("app sent more than its Content-Length of %d bytes; response cut",
+                          self.headers_set.content_length)
+                data = data[:self.remaining]
+                self.keep_alive = False
+            self.remaining -= len(data)
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.body_bytes += len(data)
+        return data
+
+    def _send(self, data: bytes):
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.client_gone = True
+            self.keep_alive = False
+            raise ClientDisconnected("sending the response: %s" % exc) from exc
+
+    def write(self, data: bytes):
+        """PEP 3333 write(): send ``data`` now, with the head if not yet sent."""
+        if type(data) is not bytes:
+            raise TypeError("write() takes bytes, not %s (PEP 3333)" % type(data).__name__)
+        if self.headers_set is None:
+            raise AssertionError("write() called before start_response()")
+        if not data:
+            return
+        if self.headers_sent:
+            self._send(self._frame(data))
+        else:
+            head = self._begin(None)
+            self._send(head + self._frame(data))
+
+    def send_result(self, result):
+        """Send what the app returned: a body given whole gets a Content-Length."""
+        if type(result) is list or type(result) is tuple:
+            for chunk in result:
+                if type(chunk) is not bytes:
+                    raise TypeError("the app's iterable gave %s; WSGI bodies are bytes (PEP 3333)"
+                                    % type(chunk).__name__)
+            body = result[0] if len(result) == 1 else b"".join(result)
+            if self.headers_set is None:
+                raise AssertionError("the app returned without calling start_response()")
+            if self.headers_sent:
+                self.write(body)
+            else:
+                head = self._begin(len(body))
+                body = self._frame(body)
+                if len(body) <= MAX_COALESCED_BODY:
+                    self._send(head + body)
+                else:
+                    self._send(head)
+                    self._send(body)
+        elif type(result) is FileWrapper and self._send_file(result):
+            pass
+        else:
+            for chunk in result:
+                if type(chunk) is not bytes:
+                    raise TypeError("the app's iterable gave %s; WSGI bodies are bytes (PEP 3333)"
+                                    % type(chunk).__name__)
+                if chunk:
+                    self.write(chunk)
+        self.finish()
+
+    def _send_file(self, wrapper: FileWrapper) -> bool:
+        """Send a real file with sendfile(); False if it is not one (then iterate)."""
+        if self.headers_set is None or self.headers_sent or not hasattr(self.sock, "sendfile"):
+            return False
+        try:
+            offset = wrapper.filelike.tell()
+            status = os.fstat(wrapper.filelike.fileno())
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not stat.S_ISREG(status.st_mode):
+            return False            # a pipe or socket: its size is unknown, iterate
+        count = max(0, status.st_size - offset)
+        if self.headers_set.content_length is not None:
+            count = min(count, self.headers_set.content_length)
+        head = self._begin(count)
+        self._send(head)
+        if not self.no_body and count:
+            try:
+                sent = self.sock.sendfile(wrapper.filelike, offset, count)
+            except OSError as exc:
+                self.client_gone = True
+                self.keep_alive = False
+                raise ClientDisconnected("sending a file: %s" % exc) from exc
+            self.remaining -= sent
+            self.body_bytes += sent
+        return True
+
+    def finish(self):
+        """End the response: the head if not sent yet, the last chunk if chunked."""
+        if self.headers_set is None:
+            raise AssertionError("the app returned without calling start_response()")
+        if not self.headers_sent:
+            self._send(self._begin(0))
+        elif self.chunked:
+            self._send(b"0\r\n\r\n")    # RFC 9112 §7.1: last-chunk, no trailers
+        if self.remaining:
+            log.error("app sent %d bytes less than its Content-Length of %d; connection closed",
+                      self.remaining, self.headers_set.content_length)
+            self.keep_alive = False
+
+    def send_simple(self, code: int, text: str, fields=()):
+        """A response made by the server itself (404, 426, 500...): plain text."""
+        body = ("%d %s\n%s\n" % (code, _STATUS_PHRASES.get(code, ""), text)).encode("utf-8", "replace")
+        block = b"Content-Type: text/plain; charset=utf-8\r\n"
+        for name, value in fields:
+            block += ("%s: %s\r\n" % (name, value)).encode("latin-1")
+        status = ("%d %s" % (code, _STATUS_PHRASES.get(code, "Error"))).encode("ascii")
+        self.headers_set = ResponseHead(code, status, block, None, False, False)
+        self.send_result([body])
+
+
+def build_error_response(status: int, detail: str) -> bytes:
+    """The bytes of an error answer to a request the server could not accept."""
+    phrase = _STATUS_PHRASES.get(status, "Error")
+    body = ("%d %s\n%s\n" % (status, phrase, detail)).encode("utf-8", "replace")
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n",
+        date_line(), _SERVER_LINE, b"\r\n", body))
+
+
+# =============================================================================
+# 7. The connection: one thread, many requests
+# =============================================================================
+# A connection is served by one thread from accept to close: read a head,
+# parse it, dispatch it, run the app, send the response, drain what is left
+# of the body, and go on while the connection is persistent (RFC 9112 §9.3).
+# Any HTTPError closes the connection after its answer: once a message has
+# been misread, no later byte on that connection can be trusted.
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HTTPConnection:
+    """Serves the requests of one client connection, in the calling thread."""
+
+    def __init__(self, transport: WebTransport, sock, client_address):
+        self.transport = transport
+        self.sock = sock
+        self.client_address = client_address if isinstance(client_address, tuple) else ("", 0)
+        self.reader = SocketReader(sock)
+        self.busy = False           # a request is being served (see WebTransport.stop)
+        self.response = None
+
+    def serve(self):
+        transport = self.transport
+        limits = transport.limits
+        reader = self.reader
+        self.sock.settimeout(limits.client_timeout)
+        while not transport.stopping:
+            self.response = None
+            try:
+                head_bytes = read_request_head(reader, limits)
+                if head_bytes is None:
+                    return
+                self.busy = True
+                head = parse_request_head(head_bytes, limits)
+                if not self.handle_request(head):
+                    return
+            except HTTPError as exc:
+                self.send_error(exc)
+                return
+            except OSError as exc:      # client gone or too slow; ClientDisconnected too
+                log.debug("connection from %s closed: %s", self.client_address[0], exc)
+                return
+            finally:
+                self.busy = False
+
+    def send_error(self, exc: HTTPError):
+        log.debug("%d for %s: %s", exc.status, self.client_address[0], exc.detail)
+        if self.response is not None and self.response.headers_sent:
+            return
+        try:
+            self.sock.sendall(build_error_response(exc.status, exc.detail))
+        except OSError:
+            pass
+
+    def _send_continue(self):
+        response = self.response
+        if response is not None and not response.headers_sent:
+            self.sock.sendall(_CONTINUE)
+
+    def handle_request(self, head: RequestHead) -> bool:
+        """Serve one request; True if the connection can carry another."""
+        transport = self.transport
+        limits = transport.limits
+        fields = head.fields
+        version = head.version
+        path, query, authority = parse_request_target(head.method, head.target)
+        if authority is not None:
+            fields["HTTP_HOST"] = authority     # RFC 9112 §3.2.2: the target's wins
+        host = fields.get("HTTP_HOST")
+        if host is None:
+            if version == (1, 1):
+                raise HTTPError(400, "HTTP/1.1 request without Host (RFC 9112 §3.2)")
+        elif HOST_RE.fullmatch(host) is None:
+            raise HTTPError(400, "invalid Host %s" % _show(host))
+        length = parse_body_framing(head)
+        max_body = limits.max_body_size
+        if max_body is not None and length is not None and length > max_body:
+            raise HTTPError(413, "Content-Length %d over the limit of %d bytes" % (length, max_body))
+        connection = fields.get("HTTP_CONNECTION")
+        if connection is None:
+            keep_alive = version == (1, 1)
+        else:
+            tokens = [t.strip(" \t").lower() for t in connection.split(",")]
+            keep_alive = ("close" not in tokens) if version == (1, 1) else ("keep-alive" in tokens)
+        on_first_read = None
+        expect = fields.get("HTTP_EXPECT")
+        if expect is not None and version == (1, 1):    # RFC 9110 §10.1.1: ignored on 1.0
+            if expect.lower() != "100-continue":
+                raise HTTPError(417, "Expect %s is not supported (only 100-continue)" % _show(expect))
+            on_first_read = self._send_continue
+        if length is None:
+            body = ChunkedInput(self.reader, max_body, on_first_read)
+        else:
+            body = FixedLengthInput(self.reader, length, on_first_read)
+
+        response = self.response = Response(self.sock, head.method, version, keep_alive,
+                                            body, transport)
+        if path == "*":
+            service, script_name, path_info = None, "", "*"
+        else:
+            path_info = decode_path(path)
+            service, script_name, path_info = transport.resolve(path_info)
+        environ = build_environ(transport.base_environ, head, script_name, path_info,
+                                query, body, self.client_address)
+        try:
+            if service is None:
+                if path == "*":
+                    response.send_simple(200, "", [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+                else:
+                    response.send_simple(404, "nothing is served at %s" % _show(path, 200))
+            else:
+                service.serve(environ, response, self)
+        except ClientDisconnected as exc:
+            log.debug("client %s gone: %s", self.client_address[0], exc)
+            return False
+        finally:
+            if transport.access_log:
+                self.log_access(environ, response)
+        if not response.keep_alive or body.error is not None:
+            return False
+        if not body.finished and not body.drain(MAX_DRAIN_SIZE):
+            return False
+        return True
+
+    def log_access(self, environ: dict, response: Response):
+        """One line in Apache's combined log format."""
+        t = time.localtime()
+        tz = time.strftime("%z", t)
+        request_line = "%s %s %s" % (environ["REQUEST_METHOD"], environ["REQUEST_URI"],
+                                     environ["SERVER_PROTOCOL"])
+        access_log.info('%s - - [%02d/%s/%04d:%02d:%02d:%02d %s] "%s" %d %s "%s" "%s"',
+                        environ["REMOTE_ADDR"], t.tm_mday, _MONTHS[t.tm_mon], t.tm_year,
+                        t.tm_hour, t.tm_min, t.tm_sec, tz, request_line, response.code,
+                        response.body_bytes or "-", environ.get("HTTP_REFERER", "-"),
+                        environ.get("HTTP_USER_AGENT", "-"))
+
+
+# =============================================================================
+# 8. Path dispatch and app loading
+# =============================================================================
+# A web transport's "paths" is a tree: each key is one URL segment (or "/",
+# the default for everything else) and each value a service, or a nested
+# "path" node. A request path is matched segment by segment, exactly and
+# case-sensitively; what matched becomes SCRIPT_NAME and the rest PATH_INFO,
+# as in Crossbar (Twisted's resource traversal) and PEP 3333.
+
+class PathNode:
+    """One level of the path tree: services by segment, and a default for "/"."""
+
+    def __init__(self, children: dict = None, default=None):
+        self.children = children or {}
+        self.default = default
+
+    def resolve(self, path: str):
+        """(service, SCRIPT_NAME, PATH_INFO) for a decoded path; service None: 404."""
+        node = self
+        script_name = ""
+        while path:                 # path is "" or starts with "/"
+            end = path.find("/", 1)
+            segment = path[1:end] if end > 0 else path[1:]
+            child = node.children.get(segment)
+            if child is None:
+                break
+            script_name += "/" + segment
+            path = path[end:] if end > 0 else ""
+            if type(child) is not PathNode:
+                return child, script_name, path
+            node = child
+        return node.default, script_name, path
+
+    def services(self, prefix: str = ""):
+        """(URL path, service) for every service in the tree, for start-up lines."""
+        if self.default is not None:
+            yield prefix + "/", self.default
+        for segment, child in sorted(self.children.items()):
+            if type(child) is PathNode:
+                yield from child.services(prefix + "/" + segment)
+            else:
+                yield prefix + "/" + segment, child
+
+
+class WSGIService:
+    """A WSGI app on a path; at most ``maxthreads`` requests run in it at once."""
+
+    kind = "wsgi"
+
+    def __init__(self, app, label: str, minthreads: int = 0, maxthreads: int = 20,
+                 display_tracebacks: bool = False):
+        self.app = app
+        self.label = label
+        self.minthreads = minthreads
+        self.maxthreads = maxthreads
+        self.slots = threading.BoundedSemaphore(maxthreads)
+        self.display_tracebacks = display_tracebacks
+
+    def serve(self, environ: dict, response: Response, conn: HTTPConnection):
+        """Run the app for one request; every error is answered or closes the connection."""
+        slots = self.slots
+        slots.acquire()
+        result = None
+        body = response.body_input      # not environ["wsgi.input"]: middleware may wrap it
+        try:
+            result = self.app(environ, response.start_response)
+            response.send_result(result)
+        except ClientDisconnected:
+            if response.client_gone or body.error is not None:
+                raise
+            self._fail(environ, response)
+        except HTTPError as exc:
+            if exc is not body.error:
+                self._fail(environ, response)
+            elif not response.headers_sent:     # a bad body the app let through: answer it
+                response.keep_alive = False
+                response.headers_set = None
+                response.send_simple(exc.status, exc.detail)
+        except Exception:
+            self._fail(environ, response)
+        finally:
+            slots.release()
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("error in close() of the iterable of %s", self.label)
+
+    def _fail(self, environ: dict, response: Response):
+        """An exception in the app: log it; 500 if nothing was sent, else close."""
+        log.error("error in %s for %s %s", self.label, environ["REQUEST_METHOD"],
+                  environ["REQUEST_URI"], exc_info=True)
+        response.keep_alive = False
+        if response.headers_sent or response.client_gone:
+            return
+        text = "the application raised an exception"
+        if self.display_tracebacks:
+            text += ":\n\n" + traceback.format_exc()
+        response.headers_set = None
+        response.chunked = response.no_body = False
+        response.remaining = None
+        response.send_simple(500, text)
+
+
+class WebSocketService:
+    """A WebSocket path (RFC 6455). This version answers 426: not implemented yet."""
+
+    kind = "websocket"
+
+    def __init__(self, label: str = "websocket", options: dict = None):
+        self.label = label
+        self.options = options or {}
+
+    def serve(self, environ: dict, response: Response, conn: HTTPConnection):
+        # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+        response.send_simple(426, "WebSocket endpoints are not implemented in wsgihost %s yet"
+                             % __version__, [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+
+
+def load_object(module_name: str, object_name: str, where: str = "", filename: str = "config"):
+    """Import ``module_name`` and return its attribute ``object_name`` (dotted allowed).
+
+    Raises ConfigError with the messages of SPEC §2.
+    """
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(where, 'cannot import module "%s": %s (search path: %s)'
+                          % (module_name, exc, sys.path), filename) from exc
+    except Exception as exc:
+        raise ConfigError(where, 'cannot import module "%s": %s: %s'
+                          % (module_name, type(exc).__name__, exc), filename) from exc
+    obj = module
+    for part in object_name.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(where, 'module "%s" has no object "%s"'
+                              % (module_name, object_name), filename) from None
+    return obj
+
+
+# =============================================================================
+# 9. Configuration
+# =============================================================================
+# In: a Crossbar.io node config (parsed JSON) and its node directory (CBDIR).
+# Out: WebTransport objects, every app imported; or a ConfigError naming the
+# file, the JSON path and the problem. Nothing is bound to a port here, so a
+# bad config costs nothing and ``--check`` can run this alone.
+
+#: The options of a web transport: name -> (default, kind). "limit" options
+#: build the transport's Limits.
+WEB_OPTIONS = {
+    "access_log": (False, "bool"),
+    "display_tracebacks": (False, "bool"),
+    "hsts": (False, "bool"),
+    "hsts_max_age": (31536000, "size"),
+    "client_timeout": (CLIENT_TIMEOUT, "seconds"),
+    "max_request_line": (MAX_REQUEST_LINE, "size"),
+    "max_header_line": (MAX_HEADER_LINE, "size"),
+    "max_head_size": (MAX_HEAD_SIZE, "size"),
+    "max_header_fields": (MAX_HEADER_FIELDS, "size"),
+    "max_body_size": (MAX_BODY_SIZE, "size or null"),
+    "max_connections": (MAX_CONNECTIONS, "size"),
+    "shutdown_grace": (SHUTDOWN_GRACE, "seconds"),
+}
+_LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
+                "max_header_fields", "max_body_size", "max_connections", "shutdown_grace")
+SERVICE_TYPES = ("json", "path", "redirect", "static", "websocket", "wsgi")
+NOT_YET_SERVICE_TYPES = ("json", "redirect", "static")
+WAMP_SERVICE_TYPES = ("caller", "publisher", "webhook", "longpoll", "reverseproxy", "cgi",
+                      "resource", "wap", "fileupload", "nodeinfo", "schemadoc", "upload",
+                      "archive", "mqtt", "rawsocket", "websocket-reverseproxy")
+
+
+class Limits:
+    """The bounds one web transport puts on what a client can make it spend."""
+
+    __slots__ = _LIMIT_NAMES
+
+    def __init__(self, **values):
+        for name in _LIMIT_NAMES:
+            setattr(self, name, values.pop(name, WEB_OPTIONS[name][0]))
+        if values:
+            raise TypeError("unknown limits: %s" % ", ".join(sorted(values)))
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class WebTransport:
+    """A web transport: where it listens, its path tree, its limits.
+
+    ``serve_connection(sock, address)`` serves one accepted connection in the
+    calling thread; it works on any object with recv/sendall/settimeout, which
+    is how the tests drive it without a network.
+    """
+
+    def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
+                 backlog: int = LISTEN_BACKLOG, shared: bool = False, limits: Limits = None,
+                 access_log: bool = False, where: str = ""):
+        self.root = root
+        self.host = host
+        self.port = port
+        self.family = family
+        self.backlog = backlog
+        self.shared = shared
+        self.limits = limits or DEFAULT_LIMITS
+        self.access_log = access_log
+        self.where = where
+        self.resolve = root.resolve
+        self.base_environ = build_base_environ(self.server_name(), port)
+        self.stopping = False
+        self.server = None
+        self.connections = set()
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+
+    def server_name(self) -> str:
+        if self.host and self.host not in ("0.0.0.0", "::"):
+            return self.host
+        return socket.gethostname()
+
+    def serve_connection(self, sock, client_address):
+        conn = HTTPConnection(self, sock, client_address)
+        with self.lock:
+            self.connections.add(conn)
+        try:
+            conn.serve()
+        finally:
+            with self.lock:
+                self.connections.discard(conn)
+                self.idle.notify_all()
+
+    def urls(self) -> list:
+        host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
+        if ":" in host:
+            host = "[%s]" % host
+        urls = []
+        for path, service in self.root.services():
+            scheme = "ws" if service.kind == "websocket" else "http"
+            what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
+            urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
+        return urls
+
+    def address(self) -> str:
+        host = self.host or "*"
+        return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
+
+    def stop(self, grace: float):
+        """Stop serving: idle connections close now, busy ones after their response."""
+        self.stopping = True
+        deadline = time.monotonic() + grace
+        with self.lock:
+            while self.connections:
+                for conn in list(self.connections):
+                    if not conn.busy:
+                        _shutdown_socket(conn.sock, socket.SHUT_RD)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.idle.wait(min(remaining, 0.1))
+            for conn in self.connections:
+                _shutdown_socket(conn.sock, socket.SHUT_RDWR)
+
+
+def _shutdown_socket(sock, how):
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
+
+class _Where:
+    """A JSON path being validated, and the file it is in, for ConfigError."""
+
+    def __init__(self, filename: str, path: str = ""):
+        self.filename = filename
+        self.path = path
+
+    def __truediv__(self, key) -> _Where:
+        if isinstance(key, int):
+            return _Where(self.filename, "%s[%d]" % (self.path, key))
+        if self.path.endswith("paths"):
+            return _Where(self.filename, '%s["%s"]' % (self.path, key))
+        return _Where(self.filename, "%s.%s" % (self.path, key) if self.path else key)
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(self.path, message, self.filename)
+
+
+def _type_name(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _expect(where: _Where, value, kind, what: str):
+    """``value`` if it is of ``kind``, else a ConfigError saying what was expected."""
+    if kind is int:
+        ok = type(value) is int
+    elif kind is float:
+        ok = type(value) in (int, float)
+    else:
+        ok = type(value) is kind
+    if not ok:
+        raise where.error("expected %s, got %s %s" % (what, _type_name(value),
+                                                      json.dumps(value)[:60]))
+    return value
+
+
+def _check_keys(where: _Where, obj: dict, allowed, ignored=()):
+    for key in obj:
+        if key in ignored:
+            log.warning("%s: %s: %r is ignored by wsgihost", where.filename, where.path, key)
+        elif key not in allowed:
+            raise where.error('unknown key "%s" (expected one of: %s)'
+                              % (key, ", ".join(sorted(allowed))))
+
+
+def load_config(path: str):
+    """Read a config file (or a node directory holding config.json).
+
+    Returns (config dict, CBDIR). Raises ConfigError.
+    """
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError("", "cannot read the config: %s" % (exc.strerror or exc), path) from None
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("", "invalid JSON: %s" % exc, path) from None
+    return config, os.path.dirname(os.path.abspath(path))
+
+
+def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -> list:
+    """Validate a whole node config and import its apps; return its WebTransports."""
+    root = _Where(filename)
+    if type(config) is not dict:
+        raise root.error("the config must be a JSON object, not %s" % _type_name(config))
+    _check_keys(root, config, ("version", "controller", "workers", "$schema"))
+    version = config.get("version")
+    if version is not None and version != 2:
+        raise (root / "version").error("unsupported config version %s (expected 2, or none)"
+                                       % json.dumps(version))
+    workers = _expect(root / "workers", config.get("workers"), list, "a list of workers")
+    # First pass: every worker's pythonpath, so that imports see all of them.
+    for i, worker in enumerate(workers):
+        where = root / "workers" / i
+        _expect(where, worker, dict, "a worker object")
+        kind = worker.get("type")
+        if kind != "router":
+            raise (where / "type").error('worker type %s is not supported: wsgihost hosts only '
+                                         '"router" workers\' web transports' % json.dumps(kind))
+        options = _expect(where / "options", worker.get("options", {}), dict, "an object")
+        pythonpath = _expect(where / "options" / "pythonpath", options.get("pythonpath", []),
+                             list, "a list of directories")
+        for j, entry in enumerate(pythonpath):
+            _expect(where / "options" / "pythonpath" / j, entry, str, "a directory")
+        for entry in reversed(pythonpath):
+            directory = os.path.normpath(os.path.join(cbdir, entry))
+            if directory not in sys.path:
+                sys.path.insert(0, directory)
+    transports = []
+    for i, worker in enumerate(workers):
+        where = root / "workers" / i
+        _check_keys(where, worker, ("type", "options", "transports", "id"),
+                    ignored=("realms", "components", "connections", "manhole"))
+        _check_keys(where / "options", worker.get("options", {}), ("pythonpath",),
+                    ignored=("env", "title", "cpu_affinity", "reactor", "expose_controller",
+                             "expose_shared", "shutdown"))
+        for j, transport in enumerate(_expect(where / "transports", worker.get("transports", []),
+                                              list, "a list of transports")):
+            transports.append(_build_web_transport(where / "transports" / j, transport, cbdir))
+    if not transports:
+        raise (root / "workers").error("no web transport to serve")
+    return transports
+
+
+def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
+    _expect(where, transport, dict, "a transport object")
+    kind = transport.get("type")
+    if kind != "web":
+        raise (where / "type").error('transport type %s is not supported: wsgihost serves only '
+                                     '"web" transports' % json.dumps(kind))
+    _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
+    options = _expect(where / "options", transport.get("options", {}), dict, "an object")
+    _check_keys(where / "options", options, WEB_OPTIONS,
+                ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
+    values = {}
+    for name, (default, kind) in WEB_OPTIONS.items():
+        value = options.get(name, default)
+        w = where / "options" / name
+        if kind == "bool":
+            _expect(w, value, bool, "true or false")
+        elif kind == "seconds":
+            if _expect(w, value, float, "a number of seconds") <= 0:
+                raise w.error("must be more than 0, got %s" % value)
+        elif value is not None or kind == "size":
+            if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
+                                                              else "")) < 1:
+                raise w.error("must be at least 1, got %d" % value)
+        values[name] = value
+    host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
+                                                          transport.get("endpoint"))
+    paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
+    root = _build_path_node(where / "paths", paths, values["display_tracebacks"])
+    limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
+    return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
+                        limits=limits, access_log=values["access_log"], where=where.path)
+
+
+def _parse_endpoint(where: _Where, endpoint):
+    _expect(where, endpoint, dict, "an endpoint object")
+    kind = endpoint.get("type")
+    if kind == "unix":
+        raise (where / "type").error("unix socket endpoints are not supported yet")
+    if kind != "tcp":
+        raise (where / "type").error('endpoint type %s is not supported (expected "tcp")'
+                                     % json.dumps(kind))
+    _check_keys(where, endpoint, ("type", "port", "interface", "backlog", "version", "shared",
+                                  "tls"), ignored=("user_timeout",))
+    if "tls" in endpoint:
+        raise (where / "tls").error("TLS endpoints are not supported yet")
+    port = endpoint.get("port")
+    if isinstance(port, str) and port.startswith("$"):
+        name = port[1:]
+        if name not in os.environ:
+            raise (where / "port").error("environment variable %s is not set" % name)
+        value = os.environ[name]
+        if not value.isdigit():
+            raise (where / "port").error("environment variable %s is %r, not a port number"
+                                         % (name, value))
+        port = int(value)
+    else:
+        _expect(where / "port", port, int, 'a port number or "$ENVVAR"')
+    if not 0 <= port <= 65535:
+        raise (where / "port").error("port %d out of range (0-65535)" % port)
+    interface = _expect(where / "interface", endpoint.get("interface", ""), str, "an address")
+    backlog = _expect(where / "backlog", endpoint.get("backlog", LISTEN_BACKLOG), int, "an integer")
+    if backlog < 1:
+        raise (where / "backlog").error("must be at least 1, got %d" % backlog)
+    version = endpoint.get("version", 4)
+    if version not in (4, 6) or type(version) is not int:
+        raise (where / "version").error("expected 4 or 6, got %s" % json.dumps(version))
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    shared = _expect(where / "shared", endpoint.get("shared", False), bool, "true or false")
+    return interface, port, family, backlog, shared
+
+
+_PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
+
+
+def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool) -> PathNode:
+    node = PathNode()
+    for key, service in paths.items():
+        w = where / key
+        if _PATH_KEY_RE.fullmatch(key) is None:
+            raise w.error("invalid path %s: a key is \"/\" or one URL segment of letters, digits, "
+                          "\"_\" and \"-\"" % json.dumps(key))
+        built = _build_service(w, service, display_tracebacks)
+        if key == "/":
+            node.default = built
+        else:
+            node.children[key] = built
+    return node
+
+
+def _build_service(where: _Where, service, display_tracebacks: bool):
+    _expect(where, service, dict, "a service object")
+    kind = service.get("type")
+    if kind in WAMP_SERVICE_TYPES:
+        raise (where / "type").error('type "%s" needs a WAMP router, which wsgihost does not '
+                                     'provide' % kind)
+    if kind not in SERVICE_TYPES:
+        raise where.error("unknown type %s (expected one of: %s)"
+                          % (json.dumps(kind), ", ".join(SERVICE_TYPES)))
+    if kind in NOT_YET_SERVICE_TYPES:
+        raise (where / "type").error('type "%s" is not supported by wsgihost %s yet'
+                                     % (kind, __version__))
+    if kind == "path":
+        _check_keys(where, service, ("type", "paths"))
+        paths = _expect(where / "paths", service.get("paths"), dict, "an object of paths")
+        node = _build_path_node(where / "paths", paths, display_tracebacks)
+        if type(node.default) is PathNode:
+            raise (where / "paths" / "/").error('"/" must be a service, not a nested path')
+        return node
+    if kind == "websocket":
+        _check_keys(where, service, ("type", "module", "object", "options"),
+                    ignored=("serializers", "auth", "cookie", "debug", "url"))
+        options = _expect(where / "options", service.get("options", {}), dict, "an object")
+        return WebSocketService("websocket", options)
+    _check_keys(where, service, ("type", "module", "object", "minthreads", "maxthreads"))
+    module = service.get("module")
+    obj = service.get("object")
+    if not module:
+        raise where.error('a "wsgi" service needs "module" (the Python module of the app)')
+    if not obj:
+        raise where.error('a "wsgi" service needs "object" (the name of the app in "%s")' % module)
+    _expect(where / "module", module, str, "a module name")
+    _expect(where / "object", obj, str, "an object name")
+    minthreads = _expect(where / "minthreads", service.get("minthreads", 0), int, "an integer")
+    maxthreads = _expect(where / "maxthreads", service.get("maxthreads", 20), int, "an integer")
+    if minthreads < 0:
+        raise (where / "minthreads").error("must be 0 or more, got %d" % minthreads)
+    if maxthreads < 1:
+        raise (where / "maxthreads").error("must be at least 1, got %d" % maxthreads)
+    if minthreads > maxthreads:
+        raise where.error("minthreads (%d) must not exceed maxthreads (%d)" % (minthreads, maxthreads))
+    app = load_object(module, obj, where.path, where.filename)
+    if not callable(app):
+        raise (where / "object").error('object "%s" of module "%s" is not callable: a WSGI app '
+                                       'is a callable(environ, start_response)' % (obj, module))
+    return WSGIService(app, "%s:%s" % (module, obj), minthreads, maxthreads, display_tracebacks)
+
+
+# =============================================================================
+# 10. The socket server and the node
+# =============================================================================
+# One ThreadingTCPServer per web transport. Its accept loop hands each
+# connection to a pool thread (threads are reused, not created per
+# connection), after taking one of max_connections slots: while none is free
+# nothing is accepted, so further clients wait in the listen backlog, not in
+# the server's memory. A Node is the set of transports of one config, started
+# and stopped together.
+
+class ThreadPool:
+    """Threads that serve connections; an idle one waits for the next.
+
+    ``keep`` threads are started up front and never exit (the sum of the
+    apps' ``minthreads``); others exit after IDLE_THREAD_TIMEOUT idle.
+    """
+
+    def __init__(self, keep: int = 0, name: str = "wsgihost"):
+        self.keep = keep
+        self.name = name
+        self.tasks = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0
+        self.threads = 0
+        for _ in range(keep):
+            self._spawn(None)
+
+    def submit(self, fn, *args):
+        with self.lock:
+            if self.idle:
+                self.idle -= 1
+                self.tasks.put((fn, args))
+                return
+        self._spawn((fn, args))
+
+    def _spawn(self, task):
+        with self.lock:
+            self.threads += 1
+            if task is None:
+                self.idle += 1
+        thread = threading.Thread(target=self._work, args=(task,), name=self.name, daemon=True)
+        thread.start()
+
+    def _work(self, task):
+        while True:
+            if task is not None:
+                fn, args = task
+                try:
+                    fn(*args)
+                except BaseException:
+                    log.exception("unexpected error in a connection thread")
+                task = None
+                with self.lock:
+                    self.idle += 1
+            try:
+                task = self.tasks.get(timeout=IDLE_THREAD_TIMEOUT)
+            except queue.Empty:
+                with self.lock:
+                    try:
+                        task = self.tasks.get_nowait()  # submitted as we timed out
+                    except queue.Empty:
+                        if self.threads > self.keep:
+                            self.idle -= 1
+                            self.threads -= 1
+                            return
+
+
+class WSGIServer(socketserver.ThreadingTCPServer):
+    """The listening socket of one web transport; connections go to a ThreadPool."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, transport: WebTransport):
+        self.transport = transport
+        self.address_family = transport.family
+        self.request_queue_size = transport.backlog
+        super().__init__((transport.host, transport.port), socketserver.BaseRequestHandler,
+                         bind_and_activate=False)
+        try:
+            if transport.shared:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.server_bind()
+            self.server_activate()
+        except BaseException:
+            self.server_close()
+            raise
+        keep = sum(service.minthreads for _, service in transport.root.services()
+                   if service.kind == "wsgi")
+        self.pool = ThreadPool(min(keep, transport.limits.max_connections))
+        self.slots = threading.BoundedSemaphore(transport.limits.max_connections)
+
+    def process_request(self, sock, client_address):
+        # Hold the accept loop until a connection slot is free (max_connections).
+        while not self.slots.acquire(timeout=0.5):
+            if self.transport.stopping:
+                self.shutdown_request(sock)
+                return
+        self.pool.submit(self._serve, sock, client_address)
+
+    def _serve(self, sock, client_address):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.transport.serve_connection(sock, client_address)
+        except Exception:
+            log.exception("unexpected error serving %s", client_address)
+        finally:
+            self.shutdown_request(sock)
+            self.slots.release()
+
+    def handle_error(self, request, client_address):
+        log.exception("error accepting a connection from %s", client_address)
+
+
+class Node:
+    """The web transports of one config, started and stopped together.
+
+    >>> node = Node({"workers": [...]}).start()    # serves in background threads
+    >>> node.stop()
+
+    ``Node.from_file(path)`` reads a config file; ``node.transports[i].port``
+    is the port actually bound (useful with port 0).
+    """
+
+    def __init__(self, config=None, cbdir: str = ".", filename: str = "config", transports=None):
+        self.transports = transports if transports is not None else build_transports(
+            config, cbdir, filename)
+        self.threads = []
+        self.stopped = threading.Event()
+
+    @classmethod
+    def from_file(cls, path: str) -> Node:
+        config, cbdir = load_config(path)
+        return cls(config, cbdir, path if not os.path.isdir(path) else os.path.join(path, "config.json"))
+
+    def start(self) -> Node:
+        """Bind every transport, then serve in background threads. OSError if a bind fails."""
+        servers = []
+        for transport in self.transports:
+            try:
+                servers.append(WSGIServer(transport))
+            except OSError as exc:
+                for server in servers:
+                    server.server_close()
+                raise OSError(exc.errno, "cannot listen on %s: %s"
+                              % (transport.address(), exc.strerror or exc)) from exc
+        for transport, server in zip(self.transports, servers):
+            transport.server = server
+            transport.port = server.server_address[1]
+            transport.base_environ["SERVER_PORT"] = str(transport.port)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                      name="wsgihost-accept", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self
+
+    def urls(self) -> list:
+        return [url for transport in self.transports for url in transport.urls()]
+
+    def stop(self, grace: float = None):
+        """Stop accepting, let requests in flight finish (up to ``grace`` seconds), close."""
+        for transport in self.transports:
+            transport.stopping = True
+            if transport.server is not None:
+                transport.server.shutdown()
+                transport.server.server_close()
+        for transport in self.transports:
+            transport.stop(transport.limits.shutdown_grace if grace is None else grace)
+        self.stopped.set()
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def app_transport(app, host: str = "127.0.0.1", port: int = 8080, **options) -> WebTransport:
+    """A WebTransport serving one WSGI app object on "/"; ``options`` as in the config."""
+    unknown = set(options) - set(WEB_OPTIONS)
+    if unknown:
+        raise TypeError("unknown options: %s" % ", ".join(sorted(unknown)))
+    label = getattr(app, "__module__", "app") + ":" + getattr(app, "__name__", type(app).__name__)
+    service = WSGIService(app, label, display_tracebacks=options.get("display_tracebacks", False))
+    limits = Limits(**{name: options[name] for name in _LIMIT_NAMES if name in options})
+    return WebTransport(PathNode(default=service), host, port, limits=limits,
+                        access_log=options.get("access_log", False))
+
+
+def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
+    """Serve one WSGI app until SIGINT or SIGTERM (or KeyboardInterrupt)."""
+    run_node(Node(transports=[app_transport(app, host, port, **options)]))
+
+
+def run_node(node: Node) -> int:
+    """Start ``node``, log its URLs, serve until a signal, stop gracefully."""
+    node.start()
+    for transport in node.transports:
+        log.info("serving %s", ", ".join(transport.urls()))
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("%s: stopping (requests in flight may finish)", signal.Signals(signum).name)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    node.stop()
+    log.info("stopped")
+    return 0
+
+
+# =============================================================================
+# 11. Command line
+# =============================================================================
+
+def _find_config(args) -> str:
+    if args.config_path:
+        return args.config_path
+    if args.cbdir or args.config:
+        return os.path.join(args.cbdir or ".crossbar", args.config or "config.json")
+    default = os.path.join(".crossbar", "config.json")
+    return default if os.path.exists(default) else "config.json"
+
+
+def _count_paths(transports) -> int:
+    return sum(1 for t in transports for _ in t.root.services())
+
+
+def main(argv=None) -> int:
+    """The command line (SPEC §1). Returns the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config.")
+    parser.add_argument("config_path", nargs="?", metavar="CONFIG",
+                        help="config file, or node directory holding config.json "
+                             "(default: .crossbar/config.json, else ./config.json)")
+    parser.add_argument("--cbdir", help="node directory (Crossbar's flag)")
+    parser.add_argument("--config", help="config file, relative to --cbdir")
+    parser.add_argument("--app", metavar="MODULE:OBJECT", help="serve one WSGI app, no config file")
+    parser.add_argument("--host", default="127.0.0.1", help="with --app (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="with --app (default 8080)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config and import the apps, then exit")
+    parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
+    parser.add_argument("--version", action="version", version="wsgihost " + __version__)
+    args = parser.parse_args(argv)
+
+    level = {"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        if args.app:
+            module, colon, obj = args.app.partition(":")
+            if not colon or not module or not obj:
+                raise ConfigError("--app", "expected MODULE:OBJECT, got %r" % args.app, "wsgihost")
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
+            config = {"workers": [{"type": "router", "transports": [{
+                "type": "web", "endpoint": {"type": "tcp", "port": args.port, "interface": args.host},
+                "paths": {"/": {"type": "wsgi", "module": module, "object": obj}}}]}]}
+            node = Node(config, os.getcwd(), "--app")
+        else:
+            node = Node.from_file(_find_config(args))
+    except ConfigError as exc:
+        if args.loglevel == "debug":
+            traceback.print_exc()
+        print(exc, file=sys.stderr)
+        return 2
+    if args.check:
+        print("ok: %d transports, %d paths" % (len(node.transports), _count_paths(node.transports)))
+        return 0
+    try:
+        return run_node(node)
+    except OSError as exc:          # a port in use, an address not ours
+        print(exc.strerror or exc, file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    # An app that does "import wsgihost" must get this running module, not a
+    # second copy with its own state (SPEC §7).
+    sys.modules.setdefault("wsgihost", sys.modules[__name__])
+    sys.exit(main())
