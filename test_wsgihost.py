@@ -1026,6 +1026,32 @@ class AppErrorTests(unittest.TestCase):
         self.assertEqual(closed, [True])
 
 
+class FairSemaphoreTests(unittest.TestCase):
+
+    def test_waiters_served_in_arrival_order(self):
+        sem = wsgihost.FairSemaphore(1)
+        sem.acquire()
+        order = []
+
+        def waiter(i):
+            sem.acquire()
+            order.append(i)
+            sem.release()
+        threads = []
+        for i in range(5):
+            t = threading.Thread(target=waiter, args=(i,))
+            t.start()
+            threads.append(t)
+            while len(sem._waiters) < i + 1:     # wait until it queues: arrival order is i
+                time.sleep(0.001)
+        sem.release()
+        for t in threads:
+            t.join(5)
+        self.assertEqual(order, [0, 1, 2, 3, 4])
+        sem.acquire()       # all slots back: one is free again
+        sem.release()
+
+
 class ResponseHeadTests(unittest.TestCase):
     """build_response_head alone: PEP 3333's rules for status and headers."""
 

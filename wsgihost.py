@@ -48,6 +48,7 @@ modify and distribute freely, keeping this notice; no warranty.
 from __future__ import annotations
 
 import argparse
+import collections
 import http
 import importlib
 import json
@@ -1282,6 +1283,38 @@ class PathNode:
                 yield prefix + "/" + segment, child
 
 
+class FairSemaphore:
+    """A semaphore that serves waiters strictly in arrival order.
+
+    threading.Semaphore lets a newcomer take a freed slot ahead of threads
+    already waiting, and a woken waiter that finds the slot gone waits again
+    at the back: under load some requests wait for seconds. Here release()
+    hands the slot directly to the oldest waiter, so waiting is FIFO.
+    """
+
+    def __init__(self, slots: int):
+        self._lock = threading.Lock()
+        self._free = slots
+        self._waiters = collections.deque()
+
+    def acquire(self):
+        with self._lock:
+            if self._free and not self._waiters:
+                self._free -= 1
+                return
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+        waiter.acquire()            # until release() hands this waiter the slot
+
+    def release(self):
+        with self._lock:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._free += 1
+
+
 class WSGIService:
     """A WSGI app on a path; at most ``maxthreads`` requests run in it at once."""
 
@@ -1293,7 +1326,7 @@ class WSGIService:
         self.label = label
         self.minthreads = minthreads
         self.maxthreads = maxthreads
-        self.slots = threading.BoundedSemaphore(maxthreads)
+        self.slots = FairSemaphore(maxthreads)
         self.display_tracebacks = display_tracebacks
 
     def serve(self, environ: dict, response: Response, conn: HTTPConnection):
@@ -1986,8 +2019,11 @@ def _find_config(args) -> str:
         return args.config_path
     if args.cbdir or args.config:
         return os.path.join(args.cbdir or ".crossbar", args.config or "config.json")
-    default = os.path.join(".crossbar", "config.json")
-    return default if os.path.exists(default) else "config.json"
+    for default in (os.path.join(".crossbar", "config.json"), "config.json"):
+        if os.path.exists(default):
+            return default
+    raise ConfigError("", "no config given, and neither .crossbar/config.json nor ./config.json "
+                      "exists here (%s)" % os.getcwd(), "wsgihost")
 
 
 def _count_paths(transports) -> int:
