@@ -48,7 +48,12 @@ modify and distribute freely, keeping this notice; no warranty.
 from __future__ import annotations
 
 import argparse
+import base64
+import codecs
 import collections
+import enum
+import fnmatch
+import hashlib
 import http
 import importlib
 import json
@@ -60,6 +65,7 @@ import signal
 import socket
 import socketserver
 import stat
+import struct
 import sys
 import threading
 import time
@@ -118,6 +124,19 @@ MAX_TRAILER_SIZE = 8 * 1024
 MAX_DRAIN_SIZE = 64 * 1024
 #: Seconds a stopping server waits for requests in flight to finish.
 SHUTDOWN_GRACE = 10.0
+
+# WebSocket limits: defaults for a websocket path's "options" (SPEC §5).
+#: Largest message, all fragments together, and largest frame. Answer: close 1009.
+MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Bytes queued for one client before a broadcast drops it (close 1008); a
+#: handler's own send() waits for room instead, up to client_timeout.
+MAX_SEND_QUEUE = 16 * 1024 * 1024
+#: Seconds to wait for the client's Close after ours (Crossbar: 1 s).
+CLOSE_HANDSHAKE_TIMEOUT = 1.0
+#: Seconds of silence before a ping, and for its pong to come; then the
+#: connection is dropped. Browsers answer pings by themselves.
+AUTO_PING_INTERVAL = 30.0
+AUTO_PING_TIMEOUT = 30.0
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
@@ -186,12 +205,23 @@ class HTTPError(Exception):
 
     ``detail`` says what was wrong with the request, for the response body
     and the log: the offending bytes (truncated) and what was expected.
+    ``fields`` are header fields the answer must carry (e.g. for a 426).
     """
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, fields=()):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.fields = list(fields)
+
+
+class WebSocketError(Exception):
+    """A violation of RFC 6455 by the client; ``code`` is the close code to send."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
 
 
 class ClientDisconnected(ConnectionError):
@@ -1088,13 +1118,14 @@ class Response:
         self.send_result([body])
 
 
-def build_error_response(status: int, detail: str) -> bytes:
+def build_error_response(status: int, detail: str, fields=()) -> bytes:
     """The bytes of an error answer to a request the server could not accept."""
     phrase = _STATUS_PHRASES.get(status, "Error")
     body = ("%d %s\n%s\n" % (status, phrase, detail)).encode("utf-8", "replace")
     return b"".join((
         b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
+        "".join("%s: %s\r\n" % field for field in fields).encode("latin-1"),
         b"Content-Length: %d\r\n" % len(body),
         b"Connection: close\r\n",
         date_line(), _SERVER_LINE, b"\r\n", body))
@@ -1152,7 +1183,7 @@ class HTTPConnection:
         if self.response is not None and self.response.headers_sent:
             return
         try:
-            self.sock.sendall(build_error_response(exc.status, exc.detail))
+            self.sock.sendall(build_error_response(exc.status, exc.detail, exc.fields))
         except OSError:
             pass
 
@@ -1240,7 +1271,691 @@ class HTTPConnection:
 
 
 # =============================================================================
-# 8. Path dispatch and app loading
+# 8. WebSocket (RFC 6455): handshake, frames, messages, channels
+# =============================================================================
+# A "websocket" path answers a valid opening handshake (§4.2) with 101, and
+# the HTTP connection becomes a WebSocket for the rest of its life. The
+# connection's thread reads frames (§5) and runs the path's handler -- by
+# default a loop that broadcasts each message to the path's Channel. A second
+# thread per connection writes the frames queued for it, so that nobody who
+# sends ever waits on a slow client: a client whose queue is full when a
+# broadcast arrives is dropped with 1008 (policy violation).
+#
+# The frame functions are pure, like the HTTP parser: bytes in, values out,
+# or a WebSocketError carrying the close code to send (§7.4.1).
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"      # RFC 6455 §1.3
+
+
+class Opcode(enum.IntEnum):
+    """RFC 6455 §5.2 frame opcodes; 0x3-0x7 and 0xB-0xF are reserved."""
+    CONTINUATION = 0x0
+    TEXT = 0x1
+    BINARY = 0x2
+    CLOSE = 0x8
+    PING = 0x9
+    PONG = 0xA
+
+
+class CloseCode(enum.IntEnum):
+    """RFC 6455 §7.4.1 close status codes."""
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005            # never on the wire: "the close frame had no code"
+    ABNORMAL = 1006             # never on the wire: "the connection dropped"
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+
+
+_OPCODES = frozenset(int(op) for op in Opcode)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """A code a peer may send (§7.4): the defined ones but 1004-1006 and
+    1015, IANA's 1012-1014, and 3000-4999 for libraries and applications."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def websocket_accept(key: str) -> str:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2, step 5.4)."""
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _tokens(value: str) -> list:
+    return [t.strip(" \t").lower() for t in value.split(",")]
+
+
+def check_websocket_handshake(environ: dict, options: WebSocketOptions):
+    """Check an opening handshake (RFC 6455 §4.2.1); return (accept, subprotocol).
+
+    Raises HTTPError: 426 without "Upgrade: websocket" or with a version
+    other than 13, 403 for an origin not allowed, 400 for anything else.
+    """
+    if "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")):
+        raise HTTPError(426, "this is a WebSocket endpoint: send Upgrade: websocket",
+                        [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+    if environ["REQUEST_METHOD"] != "GET":
+        raise HTTPError(400, "a WebSocket handshake is a GET, not %s" % environ["REQUEST_METHOD"])
+    if environ["SERVER_PROTOCOL"] != "HTTP/1.1":
+        raise HTTPError(400, "a WebSocket handshake needs HTTP/1.1")
+    if "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
+        raise HTTPError(400, "a WebSocket handshake needs Connection: Upgrade")
+    if environ.get("CONTENT_LENGTH", "0") != "0" or "HTTP_TRANSFER_ENCODING" in environ:
+        raise HTTPError(400, "a WebSocket handshake has no body")
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
+        # §4.2.2: answer with the versions we speak.
+        raise HTTPError(426, "Sec-WebSocket-Version %s is not supported (only 13)"
+                        % _show(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")),
+                        [("Sec-WebSocket-Version", "13")])
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
+    try:
+        valid_key = len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
+    except ValueError:
+        valid_key = False
+    if not valid_key:
+        # §4.1: "a randomly selected 16-byte value that has been base64-encoded"
+        raise HTTPError(400, "Sec-WebSocket-Key %s is not 16 bytes in base64" % _show(key))
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is not None and not any(fnmatch.fnmatchcase(origin.lower(), pattern.lower())
+                                      for pattern in options.allowed_origins):
+        # §4.2.2: a server that checks origins answers others with a 403.
+        raise HTTPError(403, "origin %s is not allowed on this WebSocket endpoint" % _show(origin))
+    protocol = None
+    offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
+    if offered:
+        # §4.2.2 step 5.4: the first of the client's protocols that we speak.
+        for name in (p.strip(" \t") for p in offered.split(",")):
+            if name in options.protocols:
+                protocol = name
+                break
+    return websocket_accept(key), protocol
+
+
+class FrameHeader:
+    """A parsed frame header (RFC 6455 §5.2)."""
+
+    __slots__ = ("fin", "opcode", "payload_len", "mask")
+
+    def __init__(self, fin: bool, opcode: int, payload_len: int, mask):
+        self.fin = fin
+        self.opcode = opcode
+        self.payload_len = payload_len
+        self.mask = mask            # 4 bytes, or None if the frame is not masked
+
+    def __repr__(self) -> str:
+        return "FrameHeader(fin=%r, opcode=%r, payload_len=%r, mask=%r)" % (
+            self.fin, self.opcode, self.payload_len, self.mask)
+
+
+def frame_header_size(first_two: bytes) -> int:
+    """The size of a frame header, from its first two bytes."""
+    length_code = first_two[1] & 0x7F
+    size = 2 + (2 if length_code == 126 else 8 if length_code == 127 else 0)
+    return size + 4 if first_two[1] & 0x80 else size
+
+
+def parse_frame_header(header: bytes, max_payload: int = None, require_mask: bool = True) -> FrameHeader:
+    """Parse a complete frame header; WebSocketError for every violation of §5."""
+    b0, b1 = header[0], header[1]
+    if b0 & 0x70:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR,
+                             "reserved bits set with no extension negotiated (RFC 6455 §5.2)")
+    opcode = b0 & 0x0F
+    if opcode not in _OPCODES:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "reserved opcode 0x%X (RFC 6455 §5.2)" % opcode)
+    fin = bool(b0 & 0x80)
+    length = b1 & 0x7F
+    pos = 2
+    if length == 126:
+        length = int.from_bytes(header[2:4], "big")
+        pos = 4
+        if length < 126:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "payload length %d not in its minimal "
+                                 "form (RFC 6455 §5.2)" % length)
+    elif length == 127:
+        length = int.from_bytes(header[2:10], "big")
+        pos = 10
+        if length >> 63:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "64-bit payload length with its most "
+                                 "significant bit set (RFC 6455 §5.2)")
+        if length < 65536:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "payload length %d not in its minimal "
+                                 "form (RFC 6455 §5.2)" % length)
+    if opcode >= 0x8:
+        if not fin:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "fragmented control frame (RFC 6455 §5.5)")
+        if length > 125:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "control frame payload of %d bytes, over "
+                                 "125 (RFC 6455 §5.5)" % length)
+    if b1 & 0x80:
+        mask = header[pos:pos + 4]
+    elif require_mask:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "unmasked frame from a client (RFC 6455 §5.1)")
+    else:
+        mask = None
+    if max_payload is not None and length > max_payload:
+        raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "frame of %d bytes, over the limit" % length)
+    return FrameHeader(fin, opcode, length, mask)
+
+
+def apply_mask(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 §5.3).
+
+    One XOR of two big integers instead of a loop over bytes: 16 MiB take
+    tens of milliseconds, not seconds.
+    """
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def build_frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bytes = None) -> bytes:
+    """Serialize a frame: unmasked as a server sends it, or masked with ``mask`` as a client does."""
+    length = len(payload)
+    b0 = (0x80 if fin else 0) | opcode
+    mask_bit = 0x80 if mask else 0
+    if length < 126:
+        header = bytes((b0, mask_bit | length))
+    elif length < 65536:
+        header = struct.pack("!BBH", b0, mask_bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", b0, mask_bit | 127, length)
+    if mask:
+        return header + mask + apply_mask(payload, mask)
+    return header + payload
+
+
+def parse_frame(data: bytes, require_mask: bool = True):
+    """(FrameHeader, unmasked payload, bytes used) from ``data``, or None if incomplete."""
+    if len(data) < 2 or len(data) < frame_header_size(data):
+        return None
+    size = frame_header_size(data)
+    header = parse_frame_header(data[:size], require_mask=require_mask)
+    end = size + header.payload_len
+    if len(data) < end:
+        return None
+    payload = data[size:end]
+    if header.mask:
+        payload = apply_mask(payload, header.mask)
+    return header, payload, end
+
+
+def build_close_payload(code: int = None, reason: str = "") -> bytes:
+    """The payload of a Close frame (§5.5.1): a code and a UTF-8 reason, within 125 bytes."""
+    if code is None:
+        return b""
+    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+
+
+def parse_close_payload(payload: bytes):
+    """(code, reason) of a received Close frame; code None if it had none (1005)."""
+    if not payload:
+        return None, ""
+    if len(payload) == 1:
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload (RFC 6455 §5.5.1)")
+    code = int.from_bytes(payload[:2], "big")
+    if not is_valid_close_code(code):
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "invalid close code %d (RFC 6455 §7.4)" % code)
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise WebSocketError(CloseCode.INVALID_DATA, "close reason is not UTF-8 (RFC 6455 §5.5.1)") from None
+    return code, reason
+
+
+def build_message_frame(message) -> bytes:
+    """One unfragmented frame carrying ``message``: TEXT for str, BINARY for bytes."""
+    if isinstance(message, str):
+        return build_frame(Opcode.TEXT, message.encode("utf-8"))
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        return build_frame(Opcode.BINARY, bytes(message))
+    raise TypeError("a WebSocket message is str (text) or bytes (binary), not %s"
+                    % type(message).__name__)
+
+
+class WebSocketOptions:
+    """The "options" of a websocket path, with Crossbar's names and units (milliseconds)."""
+
+    def __init__(self, protocols=(), allowed_origins=("*",), max_message_size=MAX_MESSAGE_SIZE,
+                 max_frame_size=None, open_handshake_timeout=None,
+                 close_handshake_timeout=CLOSE_HANDSHAKE_TIMEOUT * 1000,
+                 auto_ping_interval=AUTO_PING_INTERVAL * 1000,
+                 auto_ping_timeout=AUTO_PING_TIMEOUT * 1000, max_send_queue=MAX_SEND_QUEUE):
+        self.protocols = list(protocols)
+        self.allowed_origins = list(allowed_origins)
+        self.max_message_size = max_message_size
+        self.max_frame_size = max_frame_size or max_message_size
+        self.open_handshake_timeout = open_handshake_timeout
+        self.close_handshake_timeout = close_handshake_timeout / 1000.0
+        self.auto_ping_interval = auto_ping_interval / 1000.0       # 0: no pings
+        self.auto_ping_timeout = auto_ping_timeout / 1000.0
+        self.max_send_queue = max_send_queue
+
+
+class WebSocket:
+    """One WebSocket connection, as a handler sees it (SPEC §5).
+
+    ``receive()`` (the connection's thread only) returns the next message --
+    str for text, bytes for binary -- or None once the connection is closed;
+    iterating gives the messages until then. ``send(message)`` and
+    ``close(code, reason)`` may be called from any thread. ``environ`` is
+    the handshake request's WSGI environ, ``channel`` the path's Channel,
+    ``protocol`` the subprotocol chosen, ``close_code`` how it ended.
+    """
+
+    def __init__(self, sock, reader: SocketReader, environ: dict, channel: Channel,
+                 options: WebSocketOptions, protocol: str = None, send_timeout: float = CLIENT_TIMEOUT):
+        self.sock = sock
+        self.reader = reader
+        self.environ = environ
+        self.channel = channel
+        self.options = options
+        self.protocol = protocol
+        self.send_timeout = send_timeout
+        self.close_code = None          # set once closed: the code received, or sent, or 1006
+        self.close_reason = ""
+        self._close_sent = False
+        self._close_received = False
+        self._failed = False            # a protocol error: the client's bytes are not parsed any more
+        self._dead = False              # the TCP connection is unusable
+        self._drop_after_close = False
+        self._queue = collections.deque()
+        self._queued_bytes = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._writer = threading.Thread(target=self._write_loop, name="wsgihost-ws-writer", daemon=True)
+        self._ping_sent_at = None
+        self._idle_timeout = options.auto_ping_interval or send_timeout
+
+    @property
+    def closed(self) -> bool:
+        return self._close_sent or self._close_received or self._dead
+
+    # -- the session: run by the connection's thread --------------------------
+
+    def run(self, handler=None):
+        """Serve the connection: ``handler(self)``, or broadcast every message."""
+        self.sock.settimeout(self._idle_timeout)
+        self._writer.start()
+        self.channel._add(self)
+        try:
+            if handler is None:
+                for message in self:
+                    self.channel.broadcast(message)
+            else:
+                handler(self)
+        except ClientDisconnected:
+            pass
+        except Exception:
+            log.exception("error in the WebSocket handler of %s", self.channel.path)
+            self.close(CloseCode.INTERNAL_ERROR, "handler error")
+        finally:
+            self.channel._remove(self)
+            self.close(CloseCode.NORMAL)
+            self._finish()
+
+    def _finish(self):
+        """End the closing handshake, bounded by close_handshake_timeout.
+
+        Our Close is sent; then the client's is awaited. After a protocol
+        error nothing the client sends is parsed any more (§7.1.7): its bytes
+        are discarded until it closes. Either way the caller then closes TCP,
+        the server first, as §7.1.1 prefers.
+        """
+        timeout = self.options.close_handshake_timeout
+        deadline = time.monotonic() + timeout
+        self._writer.join(timeout)
+        try:
+            if self._failed and not self._dead:
+                self.sock.shutdown(socket.SHUT_WR)
+                while time.monotonic() < deadline:
+                    self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    if not self.sock.recv(RECV_SIZE):
+                        break
+            elif not self._close_received and not self._dead:
+                while time.monotonic() < deadline and not self._close_received:
+                    self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    header, payload = self._read_frame(None)
+                    if header.opcode == Opcode.CLOSE:
+                        self._close_received = True
+        except (WebSocketError, OSError):
+            pass
+        if self.close_code is None:
+            self.close_code = CloseCode.ABNORMAL
+
+    def __iter__(self):
+        while True:
+            message = self.receive()
+            if message is None:
+                return
+            yield message
+
+    def receive(self):
+        """The next message (str or bytes), or None when the connection is closed."""
+        opcode = None
+        parts = []
+        size = 0
+        decoder = None
+        max_size = self.options.max_message_size
+        while not (self._close_received or self._dead):
+            try:
+                header = self._read_header(min(self.options.max_frame_size, max_size - size))
+                op = header.opcode
+                if op >= Opcode.CLOSE:          # control frames, between fragments too (§5.4)
+                    payload = self._read_payload(header)
+                    if op == Opcode.CLOSE:
+                        self._on_close(payload)
+                        return None
+                    if op == Opcode.PING:
+                        self._enqueue(build_frame(Opcode.PONG, payload))    # §5.5.2: same payload
+                    else:
+                        self._ping_sent_at = None   # §5.5.3: a pong, solicited or not
+                    continue
+                if op == Opcode.CONTINUATION:
+                    if opcode is None:
+                        raise WebSocketError(CloseCode.PROTOCOL_ERROR,
+                                             "continuation frame with no message to continue (§5.4)")
+                elif opcode is not None:
+                    raise WebSocketError(CloseCode.PROTOCOL_ERROR,
+                                         "new message inside a fragmented one (§5.4)")
+                else:
+                    opcode = op
+                    if op == Opcode.TEXT:
+                        decoder = codecs.getincrementaldecoder("utf-8")()
+                size += header.payload_len
+                parts.append(self._read_payload(header, decoder))
+            except WebSocketError as exc:
+                self._fail(exc)
+                return None
+            except OSError as exc:              # timeouts, resets, ClientDisconnected
+                log.debug("WebSocket on %s lost: %s", self.channel.path, exc)
+                self._lose()
+                return None
+            if header.fin:
+                if self._close_sent:
+                    continue                    # §5.5.1: closing; data is discarded
+                if decoder is not None:
+                    return "".join(parts)
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+        return None
+
+    def _read_header(self, max_payload) -> FrameHeader:
+        """Read a frame header; wait through idle periods, pinging if configured."""
+        reader = self.reader
+        while not reader.buffer:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except socket.timeout:
+                self._on_idle()
+                continue
+            if not data:
+                raise ClientDisconnected("the client closed the connection")
+            reader.buffer = data
+        first = reader.read_exact(2)
+        size = frame_header_size(first)
+        return parse_frame_header(first + reader.read_exact(size - 2) if size > 2 else first,
+                                  max_payload)
+
+    def _read_payload(self, header: FrameHeader, decoder=None):
+        """A frame's payload, unmasked: bytes, or str through ``decoder``.
+
+        Text is decoded piece by piece as it arrives, so invalid UTF-8 fails
+        the connection as soon as it is received, even mid-frame (§8.1).
+        """
+        length = header.payload_len
+        mask = header.mask
+        if decoder is None:
+            payload = self.reader.read_exact(length) if length else b""
+            return apply_mask(payload, mask) if mask else payload
+        parts = []
+        received = 0
+        while True:
+            piece = self.reader.read_some(length - received) if received < length else b""
+            if not piece and received < length:
+                raise ClientDisconnected("the client closed the connection mid-frame")
+            if mask and piece:
+                turn = received % 4     # the mask continues where the last piece stopped
+                piece = apply_mask(piece, mask[turn:] + mask[:turn])
+            received += len(piece)
+            try:
+                parts.append(decoder.decode(piece, header.fin and received == length))
+            except UnicodeDecodeError as exc:
+                raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
+            if received == length:
+                return "".join(parts)
+
+    def _read_frame(self, max_payload):
+        header = self._read_header(max_payload)
+        return header, self._read_payload(header)
+
+    def _on_idle(self):
+        """No frame for a while: ping (auto_ping_interval); no pong in time: drop."""
+        interval = self.options.auto_ping_interval
+        if not interval or self._close_sent:
+            if self._close_sent:
+                raise ClientDisconnected("no Close from the client in time")
+            return
+        now = time.monotonic()
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at >= self.options.auto_ping_timeout:
+                raise ClientDisconnected("no pong within %gs" % self.options.auto_ping_timeout)
+            return
+        self._ping_sent_at = now
+        self._enqueue(build_frame(Opcode.PING, os.urandom(4)))
+        self.sock.settimeout(min(interval, self.options.auto_ping_timeout))
+
+    def _on_close(self, payload: bytes):
+        """The client's Close (§5.5.1): answer it (unless we began), then end."""
+        self._close_received = True     # even an invalid Close ends the client's side
+        try:
+            code, reason = parse_close_payload(payload)
+        except WebSocketError as exc:
+            self._fail(exc)
+            return
+        if self.close_code is None:
+            self.close_code, self.close_reason = code or CloseCode.NO_STATUS, reason
+        # Echo the code received (§5.5.1), or an empty Close if it had none.
+        self._send_close(build_close_payload(code))
+
+    def _fail(self, exc: WebSocketError):
+        """A protocol violation (§7.1.7): Close with its code, then wait for the client's."""
+        log.debug("WebSocket on %s: %s (close %d)", self.channel.path, exc.reason, exc.code)
+        self._failed = True
+        self.close(exc.code, exc.reason)
+
+    def _lose(self):
+        self._dead = True
+        if self.close_code is None:
+            self.close_code = CloseCode.ABNORMAL
+        with self._cond:
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._cond.notify_all()
+        _shutdown_socket(self.sock, socket.SHUT_RDWR)
+
+    # -- sending: any thread ----------------------------------------------------
+
+    def send(self, message):
+        """Send a message (str: text, bytes: binary). Waits while this client's
+        send queue is full (up to the send timeout, then the client is dropped).
+        Raises ClientDisconnected if the connection is closed."""
+        if not self._enqueue(build_message_frame(message)):
+            raise ClientDisconnected("the WebSocket is closed")
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = ""):
+        """Start the closing handshake (§7.1.2); a no-op if it has begun."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._send_close(build_close_payload(code, reason))
+
+    def _send_close(self, payload: bytes):
+        with self._cond:
+            if self._close_sent or self._dead:
+                return
+            self._close_sent = True
+            self._queue.append(build_frame(Opcode.CLOSE, payload))
+            self._queued_bytes += len(payload) + 2
+            self._cond.notify_all()
+
+    def _drop(self, code: int, reason: str):
+        """Drop a client now: what it has queued is discarded, a Close sent, TCP shut."""
+        log.info("dropping WebSocket client %s on %s: %s", self.environ.get("REMOTE_ADDR"),
+                 self.channel.path, reason)
+        with self._cond:
+            if self._dead or self._drop_after_close:
+                return
+            close_written = self._close_sent and not self._queue
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._drop_after_close = True
+            if self.close_code is None:
+                self.close_code, self.close_reason = code, reason
+            if not close_written:
+                self._close_sent = True
+                self._queue.append(build_frame(Opcode.CLOSE, build_close_payload(code, reason)))
+                self._cond.notify_all()
+        if close_written:
+            self._lose()
+
+    def _enqueue(self, frame: bytes, block: bool = True) -> bool:
+        """Queue a frame for the writer thread; False if the connection is closed.
+
+        A full queue (over max_send_queue bytes; one message always fits an
+        empty queue) drops the client at once if ``block`` is false (a
+        broadcast), else after waiting send_timeout seconds for room.
+        """
+        cond = self._cond
+        limit = self.options.max_send_queue
+        with cond:
+            if block:
+                deadline = time.monotonic() + self.send_timeout
+                while (self._queue and self._queued_bytes + len(frame) > limit
+                       and not (self._close_sent or self._dead)):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    cond.wait(remaining)
+            if self._close_sent or self._dead:
+                return False
+            if not self._queue or self._queued_bytes + len(frame) <= limit:
+                self._queue.append(frame)
+                self._queued_bytes += len(frame)
+                cond.notify_all()
+                return True
+        self._drop(CloseCode.POLICY_VIOLATION, "too slow: send queue over %d bytes" % limit)
+        return False
+
+    def _write_loop(self):
+        """The writer thread: send what is queued, coalesced; end after the Close."""
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._queue and not self._dead:
+                    cond.wait()
+                if self._dead:
+                    return
+                frames = list(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                last = self._close_sent         # the Close is always the last frame queued
+                drop = self._drop_after_close
+                cond.notify_all()               # room for senders waiting
+            try:
+                self.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+            except OSError as exc:
+                log.debug("WebSocket on %s: send failed: %s", self.channel.path, exc)
+                self._lose()
+                return
+            if last:
+                if drop:
+                    self._lose()
+                return
+
+
+class Channel:
+    """The clients of one websocket path: ``broadcast(message)`` reaches all of them.
+
+    Thread-safe: a WSGI app (through ``environ["wsgihost.channels"]``), a
+    handler or any thread may broadcast. Every client gets messages in one
+    order; a client too slow to take them is dropped, never waited for.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._clients = set()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    @property
+    def clients(self) -> list:
+        with self._lock:
+            return list(self._clients)
+
+    def broadcast(self, message) -> int:
+        """Send ``message`` (str or bytes) to every client; return how many."""
+        frame = build_message_frame(message)
+        with self._lock:
+            clients = list(self._clients)
+            for client in clients:
+                client._enqueue(frame, block=False)
+        return len(clients)
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = ""):
+        for client in self.clients:
+            client.close(code, reason)
+
+    def _add(self, client: WebSocket):
+        with self._lock:
+            self._clients.add(client)
+
+    def _remove(self, client: WebSocket):
+        with self._lock:
+            self._clients.discard(client)
+
+
+class WebSocketService:
+    """A websocket path: the handshake, then a WebSocket run by ``handler`` (or broadcast)."""
+
+    kind = "websocket"
+
+    def __init__(self, path: str = "/", handler=None, options: WebSocketOptions = None,
+                 label: str = "broadcast"):
+        self.handler = handler
+        self.options = options or WebSocketOptions()
+        self.channel = Channel(path)
+        self.label = label
+
+    def serve(self, environ: dict, response: Response, conn: HTTPConnection):
+        try:
+            accept, protocol = check_websocket_handshake(environ, self.options)
+        except HTTPError as exc:
+            if exc.status != 426:
+                response.keep_alive = False
+            response.send_simple(exc.status, exc.detail, exc.fields)
+            return
+        head = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket", b"Connection: Upgrade",
+                b"Sec-WebSocket-Accept: " + accept.encode("ascii")]
+        if protocol:
+            head.append(b"Sec-WebSocket-Protocol: " + protocol.encode("latin-1"))
+        response.headers_set = ResponseHead(101, b"101 Switching Protocols", b"", None, True, True)
+        response.headers_sent = True
+        response.keep_alive = False             # after the WebSocket, the connection ends
+        conn.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        websocket = WebSocket(conn.sock, conn.reader, environ, self.channel, self.options, protocol,
+                              conn.transport.limits.client_timeout)
+        websocket.run(self.handler)
+
+# =============================================================================
+# 9. Path dispatch and app loading
 # =============================================================================
 # A web transport's "paths" is a tree: each key is one URL segment (or "/",
 # the default for everything else) and each value a service, or a nested
@@ -1376,21 +2091,6 @@ class WSGIService:
         response.send_simple(500, text)
 
 
-class WebSocketService:
-    """A WebSocket path (RFC 6455). This version answers 426: not implemented yet."""
-
-    kind = "websocket"
-
-    def __init__(self, label: str = "websocket", options: dict = None):
-        self.label = label
-        self.options = options or {}
-
-    def serve(self, environ: dict, response: Response, conn: HTTPConnection):
-        # RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
-        response.send_simple(426, "WebSocket endpoints are not implemented in wsgihost %s yet"
-                             % __version__, [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
-
-
 def load_object(module_name: str, object_name: str, where: str = "", filename: str = "config"):
     """Import ``module_name`` and return its attribute ``object_name`` (dotted allowed).
 
@@ -1415,7 +2115,7 @@ def load_object(module_name: str, object_name: str, where: str = "", filename: s
 
 
 # =============================================================================
-# 9. Configuration
+# 10. Configuration
 # =============================================================================
 # In: a Crossbar.io node config (parsed JSON) and its node directory (CBDIR).
 # Out: WebTransport objects, every app imported; or a ConfigError naming the
@@ -1440,6 +2140,24 @@ WEB_OPTIONS = {
 }
 _LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
                 "max_header_fields", "max_body_size", "max_connections", "shutdown_grace")
+#: The options of a websocket path, with Crossbar's names and units.
+WEBSOCKET_OPTIONS = {
+    "protocols": ([], "strings"),
+    "allowed_origins": (["*"], "strings"),
+    "max_message_size": (MAX_MESSAGE_SIZE, "size"),
+    "max_frame_size": (None, "size or null"),
+    "close_handshake_timeout": (CLOSE_HANDSHAKE_TIMEOUT * 1000, "ms"),
+    "auto_ping_interval": (AUTO_PING_INTERVAL * 1000, "ms"),
+    "auto_ping_timeout": (AUTO_PING_TIMEOUT * 1000, "ms"),
+    "max_send_queue": (MAX_SEND_QUEUE, "size"),
+}
+#: Crossbar's websocket options that have no meaning here: accepted, with a warning.
+IGNORED_WEBSOCKET_OPTIONS = (
+    "open_handshake_timeout", "compression", "require_websocket_subprotocol", "enable_webstatus",
+    "fail_by_drop", "echo_close_codereason", "tcp_nodelay", "utf8_validation", "validate_utf8",
+    "mask_server_frames", "require_masked_frames", "apply_mask", "auto_fragment_size",
+    "enable_flash_policy", "flash_policy", "max_connections", "auto_ping_size",
+    "auto_ping_restart_on_any_traffic", "show_server_version", "server")
 SERVICE_TYPES = ("json", "path", "redirect", "static", "websocket", "wsgi")
 NOT_YET_SERVICE_TYPES = ("json", "redirect", "static")
 WAMP_SERVICE_TYPES = ("caller", "publisher", "webhook", "longpoll", "reverseproxy", "cgi",
@@ -1484,6 +2202,14 @@ class WebTransport:
         self.where = where
         self.resolve = root.resolve
         self.base_environ = build_base_environ(self.server_name(), port)
+        # The channels of this transport's websocket paths, by URL path: a WSGI
+        # app broadcasts with environ["wsgihost.channels"]["/ws"].broadcast(...).
+        self.channels = {}
+        for path, service in root.services():
+            if service.kind == "websocket":
+                service.channel.path = path
+                self.channels[path] = service.channel
+        self.base_environ["wsgihost.channels"] = self.channels
         self.stopping = False
         self.server = None
         self.connections = set()
@@ -1525,6 +2251,8 @@ class WebTransport:
         """Stop serving: idle connections close now, busy ones after their response."""
         self.stopping = True
         deadline = time.monotonic() + grace
+        for channel in self.channels.values():
+            channel.close_all(CloseCode.GOING_AWAY, "server shutting down")    # RFC 6455 §7.4.1
         with self.lock:
             while self.connections:
                 for conn in list(self.connections):
@@ -1661,23 +2389,8 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
         raise (where / "type").error('transport type %s is not supported: wsgihost serves only '
                                      '"web" transports' % json.dumps(kind))
     _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
-    options = _expect(where / "options", transport.get("options", {}), dict, "an object")
-    _check_keys(where / "options", options, WEB_OPTIONS,
-                ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
-    values = {}
-    for name, (default, kind) in WEB_OPTIONS.items():
-        value = options.get(name, default)
-        w = where / "options" / name
-        if kind == "bool":
-            _expect(w, value, bool, "true or false")
-        elif kind == "seconds":
-            if _expect(w, value, float, "a number of seconds") <= 0:
-                raise w.error("must be more than 0, got %s" % value)
-        elif value is not None or kind == "size":
-            if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
-                                                              else "")) < 1:
-                raise w.error("must be at least 1, got %d" % value)
-        values[name] = value
+    values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
+                            ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
                                                           transport.get("endpoint"))
     paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
@@ -1685,6 +2398,34 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
                         limits=limits, access_log=values["access_log"], where=where.path)
+
+
+def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
+    """Validate an "options" object against ``schema``; return every option's value."""
+    _expect(where, options, dict, "an object")
+    _check_keys(where, options, schema, ignored)
+    values = {}
+    for name, (default, kind) in schema.items():
+        value = options.get(name, default)
+        w = where / name
+        if kind == "bool":
+            _expect(w, value, bool, "true or false")
+        elif kind == "seconds":
+            if _expect(w, value, float, "a number of seconds") <= 0:
+                raise w.error("must be more than 0, got %s" % value)
+        elif kind == "ms":
+            if _expect(w, value, float, "a number of milliseconds") < 0:
+                raise w.error("must be 0 or more, got %s" % value)
+        elif kind == "strings":
+            _expect(w, value, list, "a list of strings")
+            for i, item in enumerate(value):
+                _expect(w / i, item, str, "a string")
+        elif value is not None or kind == "size":
+            if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
+                                                              else "")) < 1:
+                raise w.error("must be at least 1, got %d" % value)
+        values[name] = value
+    return values
 
 
 def _parse_endpoint(where: _Where, endpoint):
@@ -1765,17 +2506,15 @@ def _build_service(where: _Where, service, display_tracebacks: bool):
     if kind == "websocket":
         _check_keys(where, service, ("type", "module", "object", "options"),
                     ignored=("serializers", "auth", "cookie", "debug", "url"))
-        options = _expect(where / "options", service.get("options", {}), dict, "an object")
-        return WebSocketService("websocket", options)
+        values = _check_options(where / "options", service.get("options", {}), WEBSOCKET_OPTIONS,
+                                ignored=IGNORED_WEBSOCKET_OPTIONS)
+        handler, label = None, "broadcast"
+        if "module" in service or "object" in service:
+            handler = _load_app(where, service, "handler")
+            label = "%s:%s" % (service["module"], service["object"])
+        return WebSocketService(handler=handler, options=WebSocketOptions(**values), label=label)
     _check_keys(where, service, ("type", "module", "object", "minthreads", "maxthreads"))
-    module = service.get("module")
-    obj = service.get("object")
-    if not module:
-        raise where.error('a "wsgi" service needs "module" (the Python module of the app)')
-    if not obj:
-        raise where.error('a "wsgi" service needs "object" (the name of the app in "%s")' % module)
-    _expect(where / "module", module, str, "a module name")
-    _expect(where / "object", obj, str, "an object name")
+    app = _load_app(where, service, "app")
     minthreads = _expect(where / "minthreads", service.get("minthreads", 0), int, "an integer")
     maxthreads = _expect(where / "maxthreads", service.get("maxthreads", 20), int, "an integer")
     if minthreads < 0:
@@ -1784,15 +2523,35 @@ def _build_service(where: _Where, service, display_tracebacks: bool):
         raise (where / "maxthreads").error("must be at least 1, got %d" % maxthreads)
     if minthreads > maxthreads:
         raise where.error("minthreads (%d) must not exceed maxthreads (%d)" % (minthreads, maxthreads))
-    app = load_object(module, obj, where.path, where.filename)
-    if not callable(app):
-        raise (where / "object").error('object "%s" of module "%s" is not callable: a WSGI app '
-                                       'is a callable(environ, start_response)' % (obj, module))
-    return WSGIService(app, "%s:%s" % (module, obj), minthreads, maxthreads, display_tracebacks)
+    label = "%s:%s" % (service["module"], service["object"])
+    return WSGIService(app, label, minthreads, maxthreads, display_tracebacks)
+
+
+def _load_app(where: _Where, service: dict, what: str):
+    """Import the service's "module" and return its callable "object"."""
+    kind = service.get("type")
+    module = service.get("module")
+    obj = service.get("object")
+    if not module:
+        raise where.error('a "%s" %s needs "module" (the Python module of the %s)'
+                          % (kind, "service" if what == "app" else what, what))
+    if not obj:
+        raise where.error('a "%s" %s needs "object" (the name of the %s in "%s")'
+                          % (kind, "service" if what == "app" else what, what, module))
+    _expect(where / "module", module, str, "a module name")
+    _expect(where / "object", obj, str, "an object name")
+    loaded = load_object(module, obj, where.path, where.filename)
+    if not callable(loaded):
+        signature = ("callable(environ, start_response)" if what == "app" else
+                     "callable(websocket)")
+        raise (where / "object").error('object "%s" of module "%s" is not callable: a %s %s is a %s'
+                                       % (obj, module, "WSGI" if what == "app" else "WebSocket",
+                                          what, signature))
+    return loaded
 
 
 # =============================================================================
-# 10. The socket server and the node
+# 11. The socket server and the node
 # =============================================================================
 # One ThreadingTCPServer per web transport. Its accept loop hands each
 # connection to a pool thread (threads are reused, not created per
@@ -2011,7 +2770,7 @@ def run_node(node: Node) -> int:
 
 
 # =============================================================================
-# 11. Command line
+# 12. Command line
 # =============================================================================
 
 def _find_config(args) -> str:
