@@ -9,6 +9,7 @@ Tests that need Flask skip without it; with WSGIHOST_REQUIRE_ALL=1 (as in
 .ci/run) a skip fails the run.
 """
 
+import base64
 import contextlib
 import http.client
 import io
@@ -497,12 +498,13 @@ class MountTests(unittest.TestCase):
         transport.serve_connection(sock, REMOTE)
         self.assertEqual([r.status for r in split_responses(bytes(sock.sent))], [404, 200])
 
-    def test_websocket_path_answers_426_for_now(self):
-        sock = FakeSocket(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n")
+    def test_plain_get_on_a_websocket_path_answers_426(self):
+        sock = FakeSocket(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")
         self.transport.serve_connection(sock, REMOTE)
-        resp = split_responses(bytes(sock.sent))[0]
-        self.assertEqual(resp.status, 426)
-        self.assertEqual(resp.headers["upgrade"], "websocket")
+        responses = split_responses(bytes(sock.sent))
+        self.assertEqual([r.status for r in responses], [426, 200])     # the connection goes on
+        self.assertEqual(responses[0].headers["upgrade"], "websocket")
+        self.assertEqual(responses[0].headers["sec-websocket-version"], "13")
 
 
 class RequestBodyTests(unittest.TestCase):
@@ -1066,6 +1068,445 @@ class ResponseHeadTests(unittest.TestCase):
             with self.subTest(headers=headers), self.assertRaises(TypeError):
                 wsgihost.build_response_head("200 OK", headers)
 
+
+
+# -----------------------------------------------------------------------------
+# 8. WebSocket (RFC 6455)
+# -----------------------------------------------------------------------------
+
+from wsgihost import Opcode, WebSocketError, build_frame, parse_frame  # noqa: E402
+
+
+class WebSocketFrameTests(unittest.TestCase):
+    """Pure frame functions: RFC 6455 test vectors and each violation's close code."""
+
+    def test_accept_key_rfc_6455_section_1_3(self):
+        self.assertEqual(wsgihost.websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+                         "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+
+    def test_section_5_7_examples(self):
+        mask = bytes([0x37, 0xfa, 0x21, 0x3d])
+        for data, fin, opcode, payload in [
+                (b"\x81\x05\x48\x65\x6c\x6c\x6f", True, Opcode.TEXT, b"Hello"),        # unmasked text
+                (b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", True, Opcode.TEXT, b"Hello"),  # masked
+                (b"\x01\x03\x48\x65\x6c", False, Opcode.TEXT, b"Hel"),                  # fragment 1
+                (b"\x80\x02\x6c\x6f", True, Opcode.CONTINUATION, b"lo"),                # fragment 2
+                (b"\x89\x05\x48\x65\x6c\x6c\x6f", True, Opcode.PING, b"Hello"),         # unmasked ping
+                (b"\x8a\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58", True, Opcode.PONG, b"Hello"),  # masked pong
+                (b"\x82\x7e\x01\x00" + b"x" * 256, True, Opcode.BINARY, b"x" * 256),    # 256 bytes
+                (b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00" + b"y" * 65536, True, Opcode.BINARY,
+                 b"y" * 65536)]:                                                        # 64 KiB
+            with self.subTest(data=data[:12]):
+                header, got, used = parse_frame(data, require_mask=False)
+                self.assertEqual((header.fin, header.opcode, got, used), (fin, opcode, payload, len(data)))
+                self.assertEqual(build_frame(opcode, payload, fin, mask if data[1] & 0x80 else None), data)
+
+    def test_incomplete_frames(self):
+        data = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"
+        for n in range(len(data)):
+            self.assertIsNone(parse_frame(data[:n]))
+
+    def test_mask_is_its_own_inverse_and_fast_for_16_mib(self):
+        payload = os.urandom(16 * 1024 * 1024)
+        masked = wsgihost.apply_mask(payload, b"\x01\x02\x03\x04")
+        self.assertEqual(masked[:4], bytes(b ^ m for b, m in zip(payload[:4], b"\x01\x02\x03\x04")))
+        self.assertEqual(wsgihost.apply_mask(masked, b"\x01\x02\x03\x04"), payload)
+
+    def assertViolation(self, data: bytes, code: int, **kw):
+        with self.assertRaises(WebSocketError) as ctx:
+            parse_frame(data, **kw)
+        self.assertEqual(ctx.exception.code, code, ctx.exception.reason)
+
+    def test_violations_and_their_close_codes(self):
+        mask = b"\x00\x00\x00\x00"
+        cases = [
+            (b"\xc1\x80" + mask, 1002),                     # RSV1 without an extension (§5.2)
+            (b"\xa1\x80" + mask, 1002),                     # RSV2
+            (b"\x91\x80" + mask, 1002),                     # RSV3
+            (b"\x83\x80" + mask, 1002),                     # reserved data opcode 0x3
+            (b"\x8b\x80" + mask, 1002),                     # reserved control opcode 0xB
+            (b"\x81\x00", 1002),                            # unmasked client frame (§5.1)
+            (b"\x89\xfe\x00\x7e" + mask, 1002),             # control frame over 125 bytes (§5.5)
+            (b"\x09\x80" + mask, 1002),                     # fragmented control frame (§5.5)
+            (b"\x82\xfe\x00\x05" + mask, 1002),             # 16-bit length not minimal (§5.2)
+            (b"\x82\xff" + b"\x00" * 6 + b"\x01\x00" + mask, 1002),     # 64-bit length not minimal
+            (b"\x82\xff\x80" + b"\x00" * 7 + mask, 1002),   # 64-bit length, top bit set
+        ]
+        for data, code in cases:
+            with self.subTest(data=data):
+                self.assertViolation(data, code)
+
+    def test_frame_over_the_limit_is_1009(self):
+        header = build_frame(Opcode.BINARY, b"x" * 1001, mask=b"abcd")[:8]
+        with self.assertRaises(WebSocketError) as ctx:
+            wsgihost.parse_frame_header(header, max_payload=1000)
+        self.assertEqual(ctx.exception.code, 1009)
+        wsgihost.parse_frame_header(build_frame(Opcode.BINARY, b"x" * 1000, mask=b"abcd")[:8], 1000)
+
+    def test_close_payloads(self):
+        self.assertEqual(wsgihost.parse_close_payload(b""), (None, ""))
+        self.assertEqual(wsgihost.parse_close_payload(b"\x03\xe8bye"), (1000, "bye"))
+        for code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999):
+            self.assertEqual(wsgihost.parse_close_payload(code.to_bytes(2, "big"))[0], code)
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535):
+            with self.subTest(code=code), self.assertRaises(WebSocketError) as ctx:
+                wsgihost.parse_close_payload(code.to_bytes(2, "big"))
+            self.assertEqual(ctx.exception.code, 1002)
+        with self.assertRaises(WebSocketError) as ctx:
+            wsgihost.parse_close_payload(b"\x03")               # 1 byte (§5.5.1)
+        self.assertEqual(ctx.exception.code, 1002)
+        with self.assertRaises(WebSocketError) as ctx:
+            wsgihost.parse_close_payload(b"\x03\xe8\xff")       # reason not UTF-8
+        self.assertEqual(ctx.exception.code, 1007)
+
+    def test_close_payload_reason_truncated_to_fit_125_bytes(self):
+        self.assertEqual(len(wsgihost.build_close_payload(1000, "x" * 500)), 125)
+
+
+def handshake_environ(**changes):
+    environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_UPGRADE": "websocket",
+               "HTTP_CONNECTION": "keep-alive, Upgrade", "HTTP_SEC_WEBSOCKET_VERSION": "13",
+               "HTTP_SEC_WEBSOCKET_KEY": "dGhlIHNhbXBsZSBub25jZQ=="}
+    environ.update(changes)
+    return {k: v for k, v in environ.items() if v is not None}
+
+
+class WebSocketHandshakeTests(unittest.TestCase):
+
+    def check(self, options=None, **changes):
+        return wsgihost.check_websocket_handshake(handshake_environ(**changes),
+                                                  options or wsgihost.WebSocketOptions())
+
+    def assertRefused(self, status, options=None, **changes):
+        with self.assertRaises(HTTPError) as ctx:
+            self.check(options, **changes)
+        self.assertEqual(ctx.exception.status, status, ctx.exception.detail)
+        return ctx.exception
+
+    def test_valid_handshake(self):
+        self.assertEqual(self.check(), ("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None))
+        self.assertEqual(self.check(HTTP_UPGRADE="WebSocket", HTTP_CONNECTION="upgrade")[1], None)
+
+    def test_no_upgrade_is_426(self):
+        error = self.assertRefused(426, HTTP_UPGRADE=None)
+        self.assertIn(("Upgrade", "websocket"), error.fields)
+
+    def test_wrong_version_is_426_naming_13(self):
+        error = self.assertRefused(426, HTTP_SEC_WEBSOCKET_VERSION="8")
+        self.assertEqual(error.fields, [("Sec-WebSocket-Version", "13")])
+        self.assertRefused(426, HTTP_SEC_WEBSOCKET_VERSION=None)
+
+    def test_bad_requests_are_400(self):
+        for changes in ({"REQUEST_METHOD": "POST"}, {"SERVER_PROTOCOL": "HTTP/1.0"},
+                        {"HTTP_CONNECTION": "keep-alive"}, {"HTTP_CONNECTION": None},
+                        {"HTTP_SEC_WEBSOCKET_KEY": None}, {"HTTP_SEC_WEBSOCKET_KEY": "c2hvcnQ="},
+                        {"HTTP_SEC_WEBSOCKET_KEY": "not base64 at all!!!!!!!"},
+                        {"CONTENT_LENGTH": "5"}, {"HTTP_TRANSFER_ENCODING": "chunked"}):
+            with self.subTest(changes=changes):
+                self.assertRefused(400, **changes)
+
+    def test_allowed_origins(self):
+        options = wsgihost.WebSocketOptions(allowed_origins=["https://*.example.com", "http://localhost:*"])
+        self.check(options, HTTP_ORIGIN="https://app.example.com")
+        self.check(options, HTTP_ORIGIN="http://localhost:8080")
+        self.check(options)                                     # no Origin: not a browser
+        self.assertRefused(403, options, HTTP_ORIGIN="https://evil.com")
+
+    def test_subprotocol_is_the_clients_first_that_the_server_speaks(self):
+        options = wsgihost.WebSocketOptions(protocols=["wamp.2.json", "chat"])
+        self.assertEqual(self.check(options, HTTP_SEC_WEBSOCKET_PROTOCOL="x, chat, wamp.2.json")[1], "chat")
+        self.assertEqual(self.check(options, HTTP_SEC_WEBSOCKET_PROTOCOL="x, y")[1], None)
+
+
+class WSClient:
+    """A minimal RFC 6455 client for the tests, on the module's own frame functions."""
+
+    def __init__(self, port, path="/ws", headers=(), timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
+                 "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
+        lines += ["%s: %s" % h for h in headers]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buffer = bytearray()
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(4096)
+            if not data:
+                break
+            self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n") + 4
+        self.head = bytes(self.buffer[:end]).decode("latin-1")
+        del self.buffer[:end]
+        self.status = int(self.head.split(" ")[1])
+        if self.status == 101:
+            assert ("Sec-WebSocket-Accept: %s\r\n" % wsgihost.websocket_accept(key)) in self.head, self.head
+
+    def send(self, opcode, payload=b"", fin=True, mask=True):
+        self.sock.sendall(build_frame(opcode, payload, fin, os.urandom(4) if mask else None))
+
+    def send_text(self, text):
+        self.send(Opcode.TEXT, text.encode())
+
+    def _fill(self, n):
+        while len(self.buffer) < n:
+            data = self.sock.recv(max(65536, n - len(self.buffer)))
+            if not data:
+                raise EOFError("connection closed")
+            self.buffer += data
+
+    def recv_frame(self):
+        self._fill(2)
+        size = wsgihost.frame_header_size(self.buffer[:2])
+        self._fill(size)
+        header = wsgihost.parse_frame_header(bytes(self.buffer[:size]), require_mask=False)
+        self._fill(size + header.payload_len)
+        payload = bytes(self.buffer[size:size + header.payload_len])
+        del self.buffer[:size + header.payload_len]
+        return header.opcode, payload
+
+    def recv_text(self):
+        opcode, payload = self.recv_frame()
+        assert opcode == Opcode.TEXT, (opcode, payload)
+        return payload.decode()
+
+    def expect_close(self):
+        """Read until the server's Close; return its code (None if empty), check TCP then closes."""
+        while True:
+            opcode, payload = self.recv_frame()
+            if opcode == Opcode.CLOSE:
+                code = int.from_bytes(payload[:2], "big") if payload else None
+                break
+        try:
+            self.send(Opcode.CLOSE, payload)        # complete the handshake if still open
+        except OSError:
+            pass
+        self.sock.settimeout(5)
+        try:
+            rest = self.sock.recv(4096)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"", rest
+        return code
+
+    def close(self):
+        self.sock.close()
+
+
+def upper_handler(ws):
+    """A handler for the tests: answers each message in upper case, with the client count."""
+    ws.send("hello %s, %d here" % (ws.environ["REMOTE_ADDR"], len(ws.channel)))
+    for message in ws:
+        if message == "bye":
+            ws.close(4000, "asked to")
+            break
+        ws.send(message.upper() if isinstance(message, str) else message[::-1])
+
+
+def raising_handler(ws):
+    ws.receive()
+    raise RuntimeError("handler failed")
+
+
+def broadcasting_app(environ, start_response):
+    """A WSGI app that broadcasts its query string to the clients of /ws."""
+    count = environ["wsgihost.channels"]["/ws"].broadcast(environ["QUERY_STRING"])
+    start_response("200 OK", TEXT)
+    return [str(count).encode()]
+
+
+WS_CONFIG = {"workers": [{"type": "router", "transports": [{
+    "type": "web", "endpoint": {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+    "options": {"client_timeout": 5},
+    "paths": {
+        "/": {"type": "wsgi", "module": "test_wsgihost", "object": "broadcasting_app"},
+        "ws": {"type": "websocket"},
+        "upper": {"type": "websocket", "module": "test_wsgihost", "object": "upper_handler"},
+        "boom": {"type": "websocket", "module": "test_wsgihost", "object": "raising_handler"},
+        "small": {"type": "websocket", "options": {"max_message_size": 1000, "max_send_queue": 65536,
+                                                   "auto_ping_interval": 0}},
+        "ping": {"type": "websocket", "options": {"auto_ping_interval": 200, "auto_ping_timeout": 200}},
+        "chat": {"type": "websocket", "options": {"protocols": ["chat"],
+                                                  "allowed_origins": ["http://good.example"]}},
+    }}]}]}
+
+
+class WebSocketSocketTests(unittest.TestCase):
+
+    def setUp(self):
+        self.node = wsgihost.Node(WS_CONFIG).start()
+        self.addCleanup(self.node.stop, 2)
+        self.port = self.node.transports[0].port
+        self.channels = self.node.transports[0].channels
+
+    def client(self, path="/ws", **kw):
+        client = WSClient(self.port, path, **kw)
+        self.addCleanup(client.close)
+        return client
+
+    def wait_for(self, condition, timeout=5):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail("timed out")
+            time.sleep(0.01)
+
+    def test_echo_on_the_broadcast_path(self):
+        c = self.client()
+        self.assertEqual(c.status, 101)
+        c.send_text("hello")
+        self.assertEqual(c.recv_text(), "hello")
+        c.send(Opcode.BINARY, b"\x00\xff")
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, b"\x00\xff"))
+
+    def test_fragmented_message_with_a_ping_between(self):
+        c = self.client()
+        c.send(Opcode.TEXT, "h\u00e9".encode()[:2], fin=False)       # splits the é
+        c.send(Opcode.PING, b"p")
+        c.send(Opcode.CONTINUATION, "h\u00e9".encode()[2:] + b"!", fin=True)
+        self.assertEqual(c.recv_frame(), (Opcode.PONG, b"p"))
+        self.assertEqual(c.recv_text(), "h\u00e9!")
+
+    def test_ping_answered_with_the_same_payload(self):
+        c = self.client()
+        c.send(Opcode.PING, b"x" * 125)
+        self.assertEqual(c.recv_frame(), (Opcode.PONG, b"x" * 125))
+
+    def test_a_16_mib_message(self):
+        c = self.client()
+        payload = os.urandom(16 * 1024 * 1024)
+        c.send(Opcode.BINARY, payload)
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, payload))
+
+    def test_broadcast_100_clients_100_messages_nothing_lost_order_kept(self):
+        clients = [self.client() for _ in range(100)]
+        self.wait_for(lambda: len(self.channels["/ws"]) == 100)
+        received = [[] for _ in clients]
+
+        def read(i):
+            c = clients[i]
+            c.sock.settimeout(60)
+            for _ in range(100 * 100):
+                received[i].append(c.recv_text())
+
+        def write(i):
+            for n in range(100):
+                clients[i].send_text("%d:%d" % (i, n))
+        readers = [threading.Thread(target=read, args=(i,)) for i in range(100)]
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(100)]
+        for t in readers + writers:
+            t.start()
+        for t in readers + writers:
+            t.join(120)
+        for messages in received:
+            self.assertEqual(len(messages), 10000)
+            self.assertEqual(messages, received[0])             # one order for everyone
+        for sender in range(100):                               # each sender's order kept
+            self.assertEqual([m for m in received[0] if m.startswith("%d:" % sender)],
+                             ["%d:%d" % (sender, n) for n in range(100)])
+
+    def test_wsgi_app_broadcasts_to_websocket_clients(self):
+        a, b = self.client(), self.client()
+        self.wait_for(lambda: len(self.channels["/ws"]) == 2)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        conn.request("GET", "/?news")
+        self.assertEqual(conn.getresponse().read(), b"2")
+        conn.close()
+        self.assertEqual((a.recv_text(), b.recv_text()), ("news", "news"))
+
+    def test_close_handshake_echoes_the_code_and_server_closes_tcp(self):
+        c = self.client()
+        c.send(Opcode.CLOSE, b"\x0f\xa0bye")                   # 4000
+        self.assertEqual(c.expect_close(), 4000)
+        self.wait_for(lambda: len(self.channels["/ws"]) == 0)
+
+    def test_empty_close_answered_with_an_empty_close(self):
+        c = self.client()
+        c.send(Opcode.CLOSE, b"")
+        self.assertIsNone(c.expect_close())
+
+    def test_protocol_errors_close_with_their_codes(self):
+        for frames, code in [
+                ([build_frame(Opcode.TEXT, b"x")], 1002),                               # unmasked
+                ([build_frame(Opcode.TEXT, b"\xff", mask=b"abcd")], 1007),              # not UTF-8
+                ([build_frame(Opcode.CONTINUATION, b"x", mask=b"abcd")], 1002),        # nothing to continue
+                ([build_frame(Opcode.TEXT, b"x", fin=False, mask=b"abcd"),
+                  build_frame(Opcode.TEXT, b"y", mask=b"abcd")], 1002),                 # interleaved message
+                ([build_frame(Opcode.CLOSE, b"\x03\xed", mask=b"abcd")], 1002),         # close code 1005
+                ([bytes([0x85, 0x80]) + b"abcd"], 1002)]:                               # reserved opcode
+            with self.subTest(code=code, frames=frames):
+                c = self.client()
+                c.sock.sendall(b"".join(frames))
+                self.assertEqual(c.expect_close(), code)
+
+    def test_message_over_max_message_size_is_1009(self):
+        c = self.client("/small")
+        c.send(Opcode.TEXT, b"x" * 1000)
+        self.assertEqual(c.recv_text(), "x" * 1000)
+        c.send(Opcode.TEXT, b"x" * 600, fin=False)
+        c.send(Opcode.CONTINUATION, b"x" * 401)                 # 1001 bytes in all
+        self.assertEqual(c.expect_close(), 1009)
+
+    def test_handler_api(self):
+        c = self.client("/upper")
+        self.assertEqual(c.recv_text(), "hello 127.0.0.1, 1 here")
+        c.send_text("abc")
+        self.assertEqual(c.recv_text(), "ABC")
+        c.send(Opcode.BINARY, b"abc")
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, b"cba"))
+        c.send_text("bye")
+        self.assertEqual(c.expect_close(), 4000)
+
+    def test_handler_that_raises_closes_with_1011_and_the_server_goes_on(self):
+        c = self.client("/boom")
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            c.send_text("go")
+            self.assertEqual(c.expect_close(), 1011)
+        self.assertIn("RuntimeError: handler failed", "\n".join(logs.output))
+        d = self.client()
+        d.send_text("still here")
+        self.assertEqual(d.recv_text(), "still here")
+
+    def test_handshake_errors_over_the_wire(self):
+        self.assertEqual(self.client(headers=[("Origin", "http://evil.example")], path="/chat").status, 403)
+        good = self.client("/chat", headers=[("Origin", "http://good.example"),
+                                             ("Sec-WebSocket-Protocol", "other, chat")])
+        self.assertEqual(good.status, 101)
+        self.assertIn("Sec-WebSocket-Protocol: chat\r\n", good.head)
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n")
+        self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 400 "))
+
+    def test_slow_client_is_dropped_and_never_blocks_the_sender(self):
+        slow = WSClient(self.port, "/small")
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.addCleanup(slow.close)
+        channel = self.channels["/small"]
+        self.wait_for(lambda: len(channel) == 1)
+        start = time.monotonic()
+        message = "x" * 1000
+        for _ in range(20000):                                  # 20 MB, never read
+            channel.broadcast(message)
+        self.assertLess(time.monotonic() - start, 10)           # broadcast never waited long
+        self.wait_for(lambda: len(channel) == 0, timeout=10)
+
+    def test_auto_ping_and_a_client_that_does_not_answer_is_dropped(self):
+        c = self.client("/ping")
+        opcode, payload = c.recv_frame()
+        self.assertEqual((opcode, len(payload)), (Opcode.PING, 4))
+        c.send(Opcode.PONG, payload)
+        self.assertEqual(c.recv_frame()[0], Opcode.PING)         # pinged again; this time no answer
+        c.sock.settimeout(5)
+        with self.assertRaises((EOFError, ConnectionResetError)):
+            while True:
+                c.recv_frame()
+
+    def test_stop_closes_websockets_with_1001(self):
+        c = self.client()
+        self.wait_for(lambda: len(self.channels["/ws"]) == 1)
+        threading.Thread(target=self.node.stop, args=(5,)).start()
+        self.assertEqual(c.expect_close(), 1001)
 
 # -----------------------------------------------------------------------------
 # 10. The real server, over sockets

@@ -1823,6 +1823,12 @@ class WebSocket:
                 self._cond.notify_all()
         if close_written:
             self._lose()
+        else:
+            # The writer may be stuck in a send to this very client: cut TCP
+            # after close_handshake_timeout whether the Close went out or not.
+            timer = threading.Timer(self.options.close_handshake_timeout, self._lose)
+            timer.daemon = True
+            timer.start()
 
     def _enqueue(self, frame: bytes, block: bool = True) -> bool:
         """Queue a frame for the writer thread; False if the connection is closed.
