@@ -19,12 +19,16 @@ What it implements:
 - RFC 9110 and RFC 9112 (HTTP/1.1): persistent connections, pipelining,
   HTTP/1.0 keep-alive, chunked bodies both ways, ``Expect: 100-continue``, and
   a strict parser that refuses every ambiguous message (request smuggling).
+- RFC 6455 (WebSocket) on ``websocket`` paths: a broadcast channel by default,
+  or a handler of yours; WSGI apps broadcast through
+  ``environ["wsgihost.channels"]``. Autobahn|Testsuite cases 1-10 pass.
 - Crossbar.io's node config: router workers, web transports on TCP, paths
-  dispatched per URL segment to ``wsgi`` apps and nested ``path`` trees.
+  dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints and
+  nested ``path`` trees.
 
-What it does not do (yet): TLS, unix sockets, HTTP/2, ``static``, ``redirect``
-and ``json`` services, and the WAMP router that Crossbar also is. WebSocket
-paths (RFC 6455) answer 426 in this version.
+What it does not do (yet): TLS, unix sockets, HTTP/2, permessage-deflate,
+``static``, ``redirect`` and ``json`` services, and the WAMP router that
+Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# ="
 wsgihost.py`` prints this map:
@@ -36,10 +40,11 @@ wsgihost.py`` prints this map:
      5. The WSGI environ                          (pure)
      6. The WSGI response: start_response, write, framing
      7. The connection: one thread, many requests
-     8. Path dispatch and app loading
-     9. Configuration
-    10. The socket server and the node
-    11. Command line
+     8. WebSocket (RFC 6455)                       (frames: pure)
+     9. Path dispatch and app loading
+    10. Configuration
+    11. The socket server and the node
+    12. Command line
 
 Copyright (c) 2026 the wsgihost authors. MIT License (see LICENSE): use, copy,
 modify and distribute freely, keeping this notice; no warranty.
