@@ -1969,6 +1969,124 @@ class FlaskExampleTests(unittest.TestCase):
         conn.close()
 
 
+class ChromiumPipe:
+    """Headless Chromium driven over the DevTools protocol on a pipe (stdlib only).
+
+    With --remote-debugging-pipe Chromium reads NUL-terminated JSON commands
+    on its fd 3 and writes replies and events on its fd 4; a small Python
+    trampoline puts our pipe ends there and execs it.
+    """
+
+    FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-quic", "--remote-debugging-pipe"]
+    TRAMPOLINE = ("import fcntl, os, sys\n"
+                  "fds = [int(fd) for fd in sys.argv[1:3]]\n"
+                  "high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in fds]\n"
+                  "for fd in fds: os.close(fd)\n"
+                  "os.dup2(high[0], 3); os.dup2(high[1], 4)\n"
+                  "for fd in high: os.close(fd)\n"
+                  "os.execvp(sys.argv[3], sys.argv[3:])\n")
+
+    def __init__(self, executable, profile_dir, log_path):
+        to_chrome_r, self.to_chrome = os.pipe()
+        self.from_chrome, from_chrome_w = os.pipe()
+        with open(log_path, "wb") as log:           # a file: Chromium's chatter must not block it
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", self.TRAMPOLINE, str(to_chrome_r), str(from_chrome_w),
+                 executable] + self.FLAGS + ["--user-data-dir=" + profile_dir, "about:blank"],
+                pass_fds=(to_chrome_r, from_chrome_w), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self.buffer = b""
+        self.last_id = 0
+
+    def send(self, method, params=None, session_id=None, timeout=15.0):
+        import select
+        self.last_id += 1
+        message = {"id": self.last_id, "method": method, "params": params or {}}
+        if session_id:
+            message["sessionId"] = session_id
+        os.write(self.to_chrome, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" not in self.buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no answer from Chromium to " + method)
+                if select.select([self.from_chrome], [], [], left)[0]:
+                    data = os.read(self.from_chrome, 65536)
+                    if not data:
+                        raise EOFError("Chromium exited (%s)" % self.proc.poll())
+                    self.buffer += data
+            raw, _, self.buffer = self.buffer.partition(b"\0")
+            reply = json.loads(raw)
+            if reply.get("id") == self.last_id:     # anything else is an event
+                if "error" in reply:
+                    raise RuntimeError("%s: %s" % (method, reply["error"]))
+                return reply.get("result", {})
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=3)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+        os.close(self.to_chrome)
+        os.close(self.from_chrome)
+
+
+class BrowserTests(unittest.TestCase):
+    """examples/chat in a real browser: messages from the page and from a POST appear in it."""
+
+    def test_chat_example_in_headless_chromium(self):
+        executable = shutil.which("chromium") or shutil.which("chromium-browser")
+        if executable is None:
+            self.skipTest("Chromium is not installed (.ci/run installs Debian's chromium)")
+        config, cbdir = wsgihost.load_config(os.path.join(HERE, "examples", "chat", ".crossbar",
+                                                          "config.json"))
+        config["workers"][0]["transports"][0]["endpoint"]["port"] = 0
+        node = wsgihost.Node(config, cbdir).start()
+        self.addCleanup(node.stop, 1)
+        port = node.transports[0].port
+        channel = node.transports[0].channels["/ws"]
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        browser = ChromiumPipe(executable, os.path.join(profile, "profile"),
+                               os.path.join(profile, "chromium.log"))
+        self.addCleanup(browser.close)
+        target = browser.send("Target.createTarget",
+                              {"url": "http://127.0.0.1:%d/?say=from-page" % port})
+        session = browser.send("Target.attachToTarget",
+                               {"targetId": target["targetId"], "flatten": True})["sessionId"]
+        deadline = time.monotonic() + 30
+        while len(channel) < 1:
+            self.assertLess(time.monotonic(), deadline, "the page never connected to /ws")
+            time.sleep(0.02)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("POST", "/say", "message=from-post",
+                     {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(conn.getresponse().status, 303)
+        conn.close()
+        state = {}
+        while time.monotonic() < deadline:
+            result = browser.send("Runtime.evaluate", {"returnByValue": True, "expression":
+                                  'JSON.stringify({status: document.getElementById("status").textContent,'
+                                  ' messages: Array.from(document.querySelectorAll("#messages li"),'
+                                  ' li => li.textContent)})'}, session)
+            state = json.loads(result["result"]["value"])
+            if {"from-page", "from-post"} <= set(state["messages"]):
+                break
+            time.sleep(0.05)
+        self.assertEqual(state["status"], "connected")
+        self.assertEqual(sorted(state["messages"]), ["from-page", "from-post"])    # either order
+
+
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------
