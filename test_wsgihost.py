@@ -16,7 +16,9 @@ import io
 import json
 import logging
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +34,12 @@ from wsgihost import HTTPError, parse_request_head, parse_body_framing, parse_re
 HERE = os.path.dirname(os.path.abspath(__file__))
 REMOTE = ("127.0.0.1", 54321)
 TEXT = [("Content-Type", "text/plain")]
-logging.getLogger("wsgihost").setLevel(logging.CRITICAL)   # tests that want logs use assertLogs
+
+
+def setUpModule():
+    # Quiet during tests (tests that want logs use assertLogs) -- but not when a
+    # server subprocess imports this module for its apps.
+    logging.getLogger("wsgihost").setLevel(logging.CRITICAL)
 
 
 # -----------------------------------------------------------------------------
@@ -1663,6 +1670,377 @@ class SocketTests(unittest.TestCase):
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", self.port), timeout=1)
 
+
+
+# -----------------------------------------------------------------------------
+# Hardening (SPEC §4): smuggling patterns, limits, slow clients, faults, fuzzing, load
+# -----------------------------------------------------------------------------
+
+class SmugglingTests(unittest.TestCase):
+    """Each request-smuggling pattern is refused with its status and Connection: close,
+    and nothing after it on the connection is served."""
+
+    def assertRefused(self, request: bytes, status: int = 400):
+        served = []
+
+        def app(environ, start_response):
+            served.append(environ["PATH_INFO"])
+            environ["wsgi.input"].read()
+            start_response("200 OK", [])
+            return [b"served"]
+        data = run_raw(app, request + b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        responses = split_responses(data)
+        self.assertEqual([r.status for r in responses][-1:], [status], data)
+        self.assertEqual(responses[-1].headers.get("connection"), "close")
+        self.assertNotIn("/smuggled", served)
+
+    def test_cl_te(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nG")
+
+    def test_te_cl(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                           b"Content-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n")
+
+    def test_te_te_obfuscated(self):
+        for value in (b"xchunked", b"chunked, identity", b"chunked\x0b", b" chunked, x",
+                      b"chunk", b"CHUNKED, chunked"):
+            with self.subTest(value=value):
+                self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: " + value
+                                   + b"\r\n\r\n0\r\n\r\n")
+
+    def test_transfer_encoding_with_space_before_colon(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n"
+                           b"Content-Length: 4\r\n\r\n0\r\n\r\n")
+
+    def test_transfer_encoding_folded(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n")
+
+    def test_differing_content_lengths(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc")
+
+    def test_content_length_list(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc")
+
+    def test_content_length_overflow(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n")
+
+    def test_chunk_size_overflow(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"10000000000000000\r\n")
+
+    def test_chunk_size_with_sign_or_prefix(self):
+        for size in (b"+5", b"-5", b"0x5", b" 5", b"5 5"):
+            with self.subTest(size=size):
+                self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   + size + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_chunk_extension_over_the_line_limit(self):
+        ext = b";x=" + b"a" * wsgihost.MAX_CHUNK_LINE
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5"
+                           + ext + b"\r\nhello\r\n0\r\n\r\n")
+
+    def test_chunk_with_bare_lf(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"5\nhello\r\n0\r\n\r\n")
+
+    def test_trailer_section_over_the_limit(self):
+        trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100) for i in range(100))   # ~11 KB > 8 KiB
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"0\r\n" + trailers + b"\r\n", 431)
+
+    def test_invalid_trailer_field(self):
+        self.assertRefused(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"0\r\nBad Trailer: x\r\n\r\n")
+
+    def test_bare_cr_in_a_header(self):
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rTransfer-Encoding: chunked\r\n\r\n")
+
+    def test_nul_in_the_request_line(self):
+        self.assertRefused(b"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n")
+
+    def test_host_missing_or_twice(self):
+        self.assertRefused(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertRefused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+
+    def test_unsupported_version_505(self):
+        self.assertRefused(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505)
+
+    def test_http_0_9_request_line(self):
+        self.assertRefused(b"GET /\r\n\r\n")
+
+    def test_header_name_with_underscore_cannot_pose_as_another(self):
+        env = get_environ(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded_For: evil\r\n"
+                          b"Content_Length: 5\r\n\r\n")
+        self.assertNotIn("HTTP_X_FORWARDED_FOR", env)
+        self.assertNotIn("CONTENT_LENGTH", env)
+
+
+class SlowClientTests(unittest.TestCase):
+
+    def test_slowloris_burst_does_not_delay_a_good_client(self):
+        node, port = start_node(hello_app, client_timeout=3)
+        self.addCleanup(node.stop, 0)
+        stalled = []
+        for _ in range(500):                        # half a request head each, then nothing
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            stalled.append(sock)
+        self.addCleanup(lambda: [sock.close() for sock in stalled])
+        start = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        self.assertEqual(conn.getresponse().read(), b"Hello, World!")
+        conn.close()
+        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertTrue(stalled[0].recv(4096).startswith(b"HTTP/1.1 408 "))    # and they are cut off
+
+    def test_stalled_body_answered_408_and_closed(self):
+        node, port = start_node(environ_app, client_timeout=0.5)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b")
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+        self.wait_until_idle(node)
+
+    def wait_until_idle(self, node):
+        deadline = time.monotonic() + 5
+        while node.transports[0].connections:
+            self.assertLess(time.monotonic(), deadline, "a connection thread was not released")
+            time.sleep(0.01)
+
+    def test_client_gone_mid_body_releases_the_thread(self):
+        node, port = start_node(environ_app, client_timeout=5)
+        self.addCleanup(node.stop, 0)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\npartial")
+            time.sleep(0.1)
+        self.wait_until_idle(node)
+
+    def test_client_gone_mid_response_calls_close_and_releases_the_thread(self):
+        closed = threading.Event()
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+
+            def body():
+                try:
+                    for _ in range(10000):
+                        yield b"x" * 65536
+                finally:
+                    closed.set()
+            return body()
+        node, port = start_node(app, client_timeout=5)
+        self.addCleanup(node.stop, 0)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            sock.recv(65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        self.assertTrue(closed.wait(5))
+        self.wait_until_idle(node)
+
+    def test_websocket_client_gone_mid_frame(self):
+        node = wsgihost.Node(WS_CONFIG).start()
+        self.addCleanup(node.stop, 0)
+        client = WSClient(node.transports[0].port)
+        channel = node.transports[0].channels["/ws"]
+        deadline = time.monotonic() + 5
+        while len(channel) != 1:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        client.sock.sendall(build_frame(Opcode.TEXT, b"x" * 1000, mask=b"abcd")[:100])
+        client.close()
+        while len(channel) or node.transports[0].connections:
+            self.assertLess(time.monotonic(), deadline, "the WebSocket was not released")
+            time.sleep(0.01)
+
+
+def slow_app(environ, start_response):
+    """For the shutdown test: a response that takes a second."""
+    time.sleep(1.0)
+    start_response("200 OK", TEXT)
+    return [b"slow but whole " * 1000]
+
+
+class ShutdownTests(unittest.TestCase):
+
+    def test_sigterm_lets_the_request_in_flight_finish(self):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py"), "--app",
+                                 "test_wsgihost:slow_app", "--port", str(port)], cwd=HERE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        SubprocessTests.wait_for_port(self, port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        time.sleep(0.3)                             # the app is now sleeping
+        proc.send_signal(signal.SIGTERM)
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read()), (200, b"slow but whole " * 1000))
+        self.assertEqual(resp.getheader("Connection"), "close")
+        conn.close()
+        out, err = proc.communicate(timeout=10)
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("SIGTERM: stopping", err.decode())
+
+
+class FuzzTests(unittest.TestCase):
+    """Random and mutated input: the parsers only ever return a value or raise their own error."""
+
+    SEEDS = [
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /a/b?c=d HTTP/1.0\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi",
+        b"GET http://example.com:80/p HTTP/1.1\r\nHost: b\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+    ]
+    INTERESTING = [b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b",", b";", b"\x7f", b"\xff",
+                   b"0", b"-", b"+", b"_", b"chunked", b"Content-Length: 3\r\n",
+                   b"Transfer-Encoding: chunked\r\n", b"Host: x\r\n", b"%", b"?", b"#", b"/"]
+
+    def mutate(self, rng: random.Random, data: bytes) -> bytes:
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(6)
+            pos = rng.randrange(len(data) + 1)
+            if op == 0 and data:
+                data = data[:pos] + bytes([rng.randrange(256)]) + data[pos + 1:]
+            elif op == 1:
+                data = data[:pos] + rng.choice(self.INTERESTING) + data[pos:]
+            elif op == 2:
+                data = data[:pos] + data[pos + rng.randint(1, 8):]
+            elif op == 3:
+                end = min(len(data), pos + rng.randint(1, 30))
+                data = data[:pos] + data[pos:end] * rng.randint(2, 4) + data[end:]
+            elif op == 4:
+                data = data[:pos]
+            else:
+                data = data + rng.choice(self.SEEDS)
+        return data
+
+    def parse_all(self, data: bytes):
+        head = data.partition(b"\r\n\r\n")[0]
+        try:
+            request = parse_request_head(head)
+            parse_request_target(request.method, request.target)
+            parse_body_framing(request)
+        except HTTPError as exc:
+            self.assertIn(exc.status, (400, 414, 417, 431, 501, 505))
+
+    def test_request_parser_with_5000_mutated_requests(self):
+        rng = random.Random(20261121)
+        for _ in range(5000):
+            self.parse_all(self.mutate(rng, rng.choice(self.SEEDS)))
+
+    def test_request_parser_with_random_bytes(self):
+        rng = random.Random(6455)
+        for _ in range(2000):
+            self.parse_all(bytes(rng.randrange(256) for _ in range(rng.randint(0, 200))))
+
+    def test_connection_with_2000_mutated_requests(self):
+        rng = random.Random(3333)
+        transport = wsgihost.app_transport(environ_app, client_timeout=1)
+        for _ in range(2000):
+            data = self.mutate(rng, rng.choice(self.SEEDS) + rng.choice(self.SEEDS))
+            sock = FakeSocket(data, piece=rng.choice([None, 1, 3, 17]))
+            transport.serve_connection(sock, REMOTE)          # no exception may escape
+            out = bytes(sock.sent)
+            self.assertTrue(out == b"" or out.startswith(b"HTTP/1.1 "), out[:100])
+            for response in split_responses(out, ["HEAD" if b"HEAD" in data else "GET"] * 10):
+                self.assertIn(response.status // 100, (1, 2, 4, 5))
+
+    def test_frame_parser_with_mutated_frames(self):
+        rng = random.Random(1011)
+        seeds = [build_frame(Opcode.TEXT, b"hello", mask=b"abcd"),
+                 build_frame(Opcode.BINARY, b"x" * 300, mask=b"abcd"),
+                 build_frame(Opcode.CLOSE, b"\x03\xe8bye", mask=b"abcd"),
+                 build_frame(Opcode.PING, b"p", mask=b"abcd"),
+                 build_frame(Opcode.TEXT, b"frag", fin=False, mask=b"abcd")]
+        for _ in range(5000):
+            data = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 3)):
+                if data:
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            try:
+                result = parse_frame(bytes(data[:rng.randint(0, len(data))]))
+                if result is not None and result[0].opcode == Opcode.CLOSE:
+                    wsgihost.parse_close_payload(result[1])
+            except WebSocketError as exc:
+                self.assertIn(exc.code, (1002, 1007, 1009))
+
+    def test_hypothesis_request_parser_and_frame_parser(self):
+        try:
+            from hypothesis import given, settings, strategies as st
+        except ImportError:
+            self.skipTest("Hypothesis is not installed")
+
+        @settings(max_examples=1500, deadline=None, database=None)
+        @given(st.binary(max_size=300), st.sampled_from(self.SEEDS), st.integers(0, 300))
+        def check_request(noise, seed, pos):
+            self.parse_all(seed[:pos] + noise + seed[pos:])
+
+        @settings(max_examples=1500, deadline=None, database=None)
+        @given(st.binary(max_size=200))
+        def check_frame(data):
+            try:
+                parse_frame(data)
+            except WebSocketError as exc:
+                self.assertIn(exc.code, (1002, 1007, 1009))
+        check_request()
+        check_frame()
+
+
+class LoadTests(unittest.TestCase):
+
+    def test_200_keep_alive_clients_50_requests_each_with_bodies(self):
+        def app(environ, start_response):
+            body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+            reply = environ["PATH_INFO"].encode() + b"|" + body
+            start_response("200 OK", [("Content-Type", "application/octet-stream"),
+                                      ("Content-Length", str(len(reply)))])
+            return [reply]
+        node, port = start_node(app, client_timeout=30)
+        self.addCleanup(node.stop, 0)
+        errors = []
+
+        def client(n):
+            rng = random.Random(n)
+            try:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+                buffer = b""
+                for i in range(50):
+                    body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 2000)))
+                    path = b"/c%d/r%d" % (n, i)
+                    sock.sendall(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                                 % (path, len(body), body))
+                    expected_body = path + b"|" + body
+                    while b"\r\n\r\n" not in buffer:
+                        buffer += sock.recv(65536)
+                    head, _, buffer = buffer.partition(b"\r\n\r\n")
+                    while len(buffer) < len(expected_body):
+                        buffer += sock.recv(65536)
+                    got, buffer = buffer[:len(expected_body)], buffer[len(expected_body):]
+                    expected_head = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                                     b"Content-Length: %d\r\n" % len(expected_body))
+                    if not head.startswith(expected_head) or got != expected_body or buffer:
+                        errors.append((n, i, head, got[:50]))
+                        return
+                sock.close()
+            except Exception as exc:
+                errors.append((n, repr(exc)))
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
 
 # -----------------------------------------------------------------------------
 # 9. Configuration and 11. the command line

@@ -634,7 +634,9 @@ class FixedLengthInput(_BodyInput):
                 self._on_first_read()
                 self._on_first_read = None
             data = self.reader.read_line(limit) if line else self.reader.read_some(limit)
-        except OSError as exc:      # socket.timeout included
+        except socket.timeout:
+            self._fail(HTTPError(408, "the request body stopped arriving (client_timeout)"))
+        except OSError as exc:
             self._fail(ClientDisconnected("reading the request body: %s" % exc))
         if not data:
             self._fail(ClientDisconnected("the client closed the connection with %d body bytes unsent"
@@ -688,6 +690,8 @@ class ChunkedInput(_BodyInput):
             return data
         except (HTTPError, ClientDisconnected) as exc:
             self._fail(exc)
+        except socket.timeout:
+            self._fail(HTTPError(408, "the request body stopped arriving (client_timeout)"))
         except OSError as exc:
             self._fail(ClientDisconnected("reading the request body: %s" % exc))
 
