@@ -913,6 +913,30 @@ class KeepAliveTests(unittest.TestCase):
                                        max_head_size=200))
         self.assertEqual(resp[0].status, 431)
 
+    def test_head_size_limit_at_n_and_n_plus_1(self):
+        # "GET / HTTP/1.0\r\n" (16) + "X-A: " (5) + value (n) + "\r\n\r\n" (4) = 25 + n bytes
+        for size, status in ((200, 200), (201, 431)):
+            with self.subTest(size=size):
+                request = b"GET / HTTP/1.0\r\nX-A: " + b"v" * (size - 25) + b"\r\n\r\n"
+                self.assertEqual(len(request), size)
+                resp = split_responses(run_raw(hello_app, request, max_head_size=200))
+                self.assertEqual(resp[0].status, status)
+
+    def test_max_connections_makes_further_clients_wait(self):
+        node, port = start_node(hello_app, max_connections=2, client_timeout=5)
+        self.addCleanup(node.stop, 0)
+        first = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        waiting = socket.create_connection(("127.0.0.1", port), timeout=5)   # in the backlog
+        self.addCleanup(waiting.close)
+        waiting.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        waiting.settimeout(0.5)
+        with self.assertRaises(socket.timeout):
+            waiting.recv(4096)                      # not served while both slots are taken
+        first[0].close()
+        waiting.settimeout(5)
+        self.assertTrue(waiting.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+        first[1].close()
+
     def test_lf_only_request_rejected(self):
         self.assertEqual(split_responses(run_raw(hello_app, b"GET / HTTP/1.1\nHost: a\n\n"))[0].status, 400)
 

@@ -553,6 +553,9 @@ def read_request_head(reader: SocketReader, limits: Limits):
         buffer += data
     if deadline is not None:
         sock.settimeout(limits.client_timeout)
+    if end + 4 > limits.max_head_size:     # it may have come whole in the last recv()
+        raise HTTPError(431, "request head of %d bytes, over the limit of %d"
+                        % (end + 4, limits.max_head_size))
     reader.buffer = buffer[end + 4:]
     return buffer[:end]
 
