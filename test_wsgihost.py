@@ -264,6 +264,9 @@ class ParseRequestHeadTests(unittest.TestCase):
     def test_host_twice_rejected(self):
         self.assertRejected(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b")
 
+    def test_content_type_twice_rejected(self):
+        self.assertRejected(b"POST / HTTP/1.1\r\nContent-Type: a/b\r\nContent-Type: c/d")
+
     def test_content_length_twice_rejected_even_if_equal(self):
         self.assertRejected(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1")
 
@@ -381,7 +384,8 @@ class ParseChunkSizeTests(unittest.TestCase):
 
     def test_invalid_chunk_size_lines_rejected(self):
         for line in (b"-1\r\n", b"+1\r\n", b"0x5\r\n", b"\r\n", b" 5\r\n", b"5\n", b"g\r\n",
-                     b"1ffffffffffffffff\r\n", b"5;\r\n", b"5;a=\r\n", b'5;a="x\r\n', b"5;a\x00\r\n"):
+                     b"1ffffffffffffffff\r\n", b"5;\r\n", b"5;a=\r\n", b'5;a="x\r\n', b"5;a\x00\r\n",
+                     b"5 \r\n", b"5\t\r\n", b"0 \r\n", b"5;a=b \r\n"):     # no whitespace before CRLF
             with self.subTest(line=line), self.assertRaises(HTTPError):
                 wsgihost.parse_chunk_size(line)
 

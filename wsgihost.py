@@ -173,10 +173,11 @@ CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where
 # chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
-# ext-val = token / quoted-string. 16 hex digits keep the size under 2**64.
+# ext-val = token / quoted-string. Whitespace is allowed around ";" and "="
+# only, never before the CRLF. 16 hex digits keep the size under 2**64.
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
 CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)[ \t]*\r\n"
+    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
     % (_TCHAR, _TCHAR, _QUOTED_STRING))
 # PEP 3333: status is "three-digit code, a space, and a reason phrase";
 # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ).
@@ -192,9 +193,11 @@ HOP_BY_HOP_FIELDS = frozenset([
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 ])
 # Request fields whose repetition makes the message ambiguous: RFC 9112 §3.2
-# (Host) and §6.3 (Content-Length: "several differing values" -- we refuse any
-# repetition, as nginx does, since no honest client sends two).
-SINGLETON_FIELDS = frozenset(["HTTP_HOST", "CONTENT_LENGTH"])
+# (Host), §6.3 (Content-Length: "several differing values" -- we refuse any
+# repetition, as nginx does, since no honest client sends two) and RFC 9110
+# §8.3 (Content-Type is a single value: joining two would give the app a type
+# nobody sent, and a proxy in front may have honoured either).
+SINGLETON_FIELDS = frozenset(["HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE"])
 
 _STATUS_PHRASES = {int(s): s.phrase for s in http.HTTPStatus}
 
