@@ -156,6 +156,13 @@ def environ_app(environ, start_response):
     return [out]
 
 
+def body_reading_app(environ, start_response):
+    """Reads the whole body (as frameworks do), then answers."""
+    environ["wsgi.input"].read()
+    start_response("200 OK", TEXT)
+    return [b"read it"]
+
+
 def get_environ(request: bytes, **kw) -> dict:
     resp = one(environ_app, request, **kw)
     assert resp.status == 200, resp
@@ -546,22 +553,14 @@ class RequestBodyTests(unittest.TestCase):
         self.assertEqual(seen["HTTP_HOST"], "a")
 
     def test_bad_chunk_size_answered_400_and_closed(self):
-        def app(environ, start_response):
-            environ["wsgi.input"].read()
-            start_response("200 OK", TEXT)
-            return [b"read it"]
-        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        data = run_raw(body_reading_app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                             b"-5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
         responses = split_responses(data)
         self.assertEqual([r.status for r in responses], [400])
         self.assertEqual(responses[0].headers["connection"], "close")
 
     def test_chunk_data_without_crlf_rejected(self):
-        def app(environ, start_response):
-            environ["wsgi.input"].read()
-            start_response("200 OK", TEXT)
-            return [b""]
-        data = run_raw(app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        data = run_raw(body_reading_app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                             b"3\r\nabcXY0\r\n\r\n", validate=False)
         self.assertEqual(split_responses(data)[0].status, 400)
 
@@ -945,6 +944,111 @@ class KeepAliveTests(unittest.TestCase):
         self.assertEqual(split_responses(run_raw(hello_app, b"GET / HTTP/1.1\nHost: a\n\n"))[0].status, 400)
 
 
+class ReviewRegressionTests(unittest.TestCase):
+    """Defects found in review, each with the input that showed it."""
+
+    def test_system_exit_in_an_app_is_a_500(self):
+        def app(environ, start_response):
+            raise SystemExit(3)
+        with self.assertLogs("wsgihost", "ERROR"):
+            resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        self.assertEqual(resp.status, 500)
+
+    def test_proxy_header_dropped_httpoxy(self):
+        env = get_environ(b"GET / HTTP/1.1\r\nHost: a\r\nProxy: http://evil:8080\r\n\r\n")
+        self.assertNotIn("HTTP_PROXY", env)
+
+    def test_status_outside_200_599_refused(self):
+        with self.assertLogs("wsgihost", "ERROR"):
+            resp = one(lambda e, s: (s("600 Odd", []), [b""])[1], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                       validate=False)
+        self.assertEqual(resp.status, 500)
+
+    def test_access_log_escapes_quotes_and_controls(self):
+        with self.assertLogs("wsgihost.access", "INFO") as logs:
+            run_raw(hello_app, b'GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x" "y\xe9\r\n\r\n',
+                    access_log=True)
+        self.assertIn('"x\\" \\"y\\xe9"', logs.output[0])
+
+    def test_empty_lines_do_not_hold_a_connection_past_client_timeout(self):
+        node, port = start_node(hello_app, client_timeout=0.5)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(sock.close)
+        start = time.monotonic()
+        with self.assertRaises(OSError):
+            for _ in range(20):                                  # 4 s of CRLFs, if allowed
+                sock.sendall(b"\r\n")
+                time.sleep(0.2)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(4096) == b"":
+                        raise ConnectionResetError("closed")
+                except BlockingIOError:
+                    pass
+                sock.setblocking(True)
+        self.assertLess(time.monotonic() - start, 2)
+
+    def test_a_large_response_to_a_slow_steady_reader_is_not_cut(self):
+        body = os.urandom(8 * 1024 * 1024)
+        node, port = start_node(lambda e, s: (s("200 OK", TEXT), [body])[1], client_timeout=1)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        data = bytearray()
+        while True:                                 # about 2.5 s in all, over client_timeout
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if data.endswith(body[-100:]):
+                break
+            time.sleep(0.02)
+        self.assertTrue(bytes(data).endswith(body))
+
+    def test_413_reaches_a_client_still_uploading(self):
+        node, port = start_node(hello_app, max_body_size=1000)
+        self.addCleanup(node.stop, 0)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("POST", "/", body=b"x" * (4 * 1024 * 1024))   # sent whole before reading
+        self.assertEqual(conn.getresponse().status, 413)
+
+    def test_stop_releases_every_thread(self):
+        before = threading.active_count()
+        for _ in range(3):
+            service = wsgihost.WSGIService(hello_app, "test:hello", minthreads=5)
+            transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0)
+            node = wsgihost.Node(transports=[transport]).start()
+            http.client.HTTPConnection("127.0.0.1", transport.port, timeout=5).request("GET", "/")
+            node.stop(1)
+        deadline = time.monotonic() + 5
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(threading.active_count(), before)
+
+    def test_stop_of_several_transports_takes_one_grace_period(self):
+        def slow(environ, start_response):
+            time.sleep(5)
+            start_response("200 OK", TEXT)
+            return [b""]
+        transports = [wsgihost.app_transport(slow, "127.0.0.1", 0) for _ in range(3)]
+        node = wsgihost.Node(transports=transports).start()
+        conns = []
+        for t in transports:
+            conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+            conn.request("GET", "/")
+            conns.append(conn)
+        time.sleep(0.2)
+        start = time.monotonic()
+        node.stop(1)
+        self.assertLess(time.monotonic() - start, 2.5)
+        for conn in conns:
+            conn.close()
+
+
 class AppErrorTests(unittest.TestCase):
 
     def assert500(self, app, validate=False):
@@ -1197,6 +1301,11 @@ class WebSocketFrameTests(unittest.TestCase):
     def test_close_payload_reason_truncated_to_fit_125_bytes(self):
         self.assertEqual(len(wsgihost.build_close_payload(1000, "x" * 500)), 125)
 
+    def test_close_payload_reason_truncated_on_a_character_boundary(self):
+        payload = wsgihost.build_close_payload(1000, "\u00e9" * 100)     # 200 bytes of UTF-8
+        self.assertEqual(len(payload), 2 + 122)
+        self.assertEqual(wsgihost.parse_close_payload(payload), (1000, "\u00e9" * 61))
+
 
 def handshake_environ(**changes):
     environ = {"REQUEST_METHOD": "GET", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_UPGRADE": "websocket",
@@ -1228,7 +1337,9 @@ class WebSocketHandshakeTests(unittest.TestCase):
 
     def test_wrong_version_is_426_naming_13(self):
         error = self.assertRefused(426, HTTP_SEC_WEBSOCKET_VERSION="8")
-        self.assertEqual(error.fields, [("Sec-WebSocket-Version", "13")])
+        # RFC 9110 §15.5.22: a 426 carries Upgrade (and "upgrade" in Connection, §7.8)
+        self.assertEqual(error.fields, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                        ("Sec-WebSocket-Version", "13")])
         self.assertRefused(426, HTTP_SEC_WEBSOCKET_VERSION=None)
 
     def test_bad_requests_are_400(self):
@@ -1330,11 +1441,11 @@ class WSClient:
 def upper_handler(ws):
     """A handler for the tests: answers each message in upper case, with the client count."""
     ws.send("hello %s, %d here" % (ws.environ["REMOTE_ADDR"], len(ws.channel)))
-    for message in ws:
+    for message in ws:                  # after close() this goes on until the client's Close
         if message == "bye":
             ws.close(4000, "asked to")
-            break
-        ws.send(message.upper() if isinstance(message, str) else message[::-1])
+        else:
+            ws.send(message.upper() if isinstance(message, str) else message[::-1])
 
 
 def raising_handler(ws):
@@ -1470,8 +1581,11 @@ class WebSocketSocketTests(unittest.TestCase):
                 ([bytes([0x85, 0x80]) + b"abcd"], 1002)]:                               # reserved opcode
             with self.subTest(code=code, frames=frames):
                 c = self.client()
+                start = time.monotonic()
                 c.sock.sendall(b"".join(frames))
                 self.assertEqual(c.expect_close(), code)
+                # the server closes TCP at once (§7.1.1), not after close_handshake_timeout (1 s)
+                self.assertLess(time.monotonic() - start, 0.9)
 
     def test_message_over_max_message_size_is_1009(self):
         c = self.client("/small")
@@ -1536,6 +1650,60 @@ class WebSocketSocketTests(unittest.TestCase):
         with self.assertRaises((EOFError, ConnectionResetError)):
             while True:
                 c.recv_frame()
+
+    def test_control_frame_between_fragments_does_not_count_toward_the_message(self):
+        c = self.client("/small")                               # max_message_size 1000
+        c.send(Opcode.TEXT, b"x" * 990, fin=False)
+        c.send(Opcode.PING, b"p" * 20)
+        c.send(Opcode.CONTINUATION, b"y" * 10)
+        self.assertEqual(c.recv_frame(), (Opcode.PONG, b"p" * 20))
+        self.assertEqual(c.recv_text(), "x" * 990 + "y" * 10)
+
+    def test_messages_after_the_servers_close_are_discarded_cleanly(self):
+        c = self.client("/upper")
+        c.recv_text()
+        c.send_text("bye")                                      # the handler closes with 4000
+        c.send_text("one")
+        c.send_text("two")
+        c.send(Opcode.CLOSE, b"\x0f\xa0")
+        self.assertEqual(c.expect_close(), 4000)
+
+    def test_a_large_message_then_return_is_sent_whole_before_the_close(self):
+        c = self.client("/upper")
+        c.recv_text()
+        c.send(Opcode.BINARY, b"z" * (8 * 1024 * 1024))         # echoed reversed, 8 MiB
+        c.send_text("bye")
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, b"z" * (8 * 1024 * 1024)))
+        self.assertEqual(c.expect_close(), 4000)
+
+    def test_close_from_another_thread_cuts_a_silent_client_after_the_timeout(self):
+        c = self.client()
+        self.wait_for(lambda: len(self.channels["/ws"]) == 1)
+        start = time.monotonic()
+        self.channels["/ws"].close_all(1001)
+        self.assertEqual(c.recv_frame()[0], Opcode.CLOSE)       # ... and never answer it
+        c.sock.settimeout(10)
+        with self.assertRaises((EOFError, ConnectionResetError)):
+            c.recv_frame()
+        self.assertLess(time.monotonic() - start, 3)            # close_handshake_timeout is 1 s
+
+    def test_a_huge_frame_while_closing_is_not_buffered(self):
+        c = self.client("/small")
+        self.wait_for(lambda: len(self.channels["/small"]) == 1)
+        self.channels["/small"].close_all(1000)
+        self.assertEqual(c.recv_frame()[0], Opcode.CLOSE)
+        c.sock.sendall(b"\x82\xff" + (2 ** 40).to_bytes(8, "big") + b"abcd" + b"x" * 65536)
+        c.sock.settimeout(10)
+        with self.assertRaises((EOFError, ConnectionResetError, BrokenPipeError)):
+            while True:
+                c.recv_frame()
+        self.wait_for(lambda: not self.node.transports[0].connections)
+
+    def test_close_with_a_code_that_may_not_be_sent_raises(self):
+        ws = wsgihost.WebSocket(None, None, {}, wsgihost.Channel("/x"), wsgihost.WebSocketOptions())
+        for code in (1005, 1006, 1015, 999, 70000):
+            with self.subTest(code=code), self.assertRaises(ValueError):
+                ws.close(code)
 
     def test_stop_closes_websockets_with_1001(self):
         c = self.client()

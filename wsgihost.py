@@ -110,8 +110,9 @@ MAX_HEADER_FIELDS = 100
 #: Answer: 413 Content Too Large.
 MAX_BODY_SIZE = None
 #: Seconds a connection may sit idle between requests, that a request head may
-#: take to arrive once begun, and that any one receive or send may wait.
-#: Answer: the connection is closed (after a 408 if a request had begun).
+#: take to arrive once its first byte came, and that any one receive, or send
+#: of up to SEND_SLICE bytes, may wait. Answer: the connection is closed (after
+#: a 408 if a request had begun).
 CLIENT_TIMEOUT = 60.0
 #: Connections served at once by one transport; further ones wait in the
 #: listen backlog until a slot frees up.
@@ -129,6 +130,12 @@ MAX_TRAILER_SIZE = 8 * 1024
 MAX_DRAIN_SIZE = 64 * 1024
 #: Seconds a stopping server waits for requests in flight to finish.
 SHUTDOWN_GRACE = 10.0
+#: After an error answer or with a request body left unread, the server stops
+#: sending, then reads and discards what the client still sends for up to this
+#: long (and LINGER_SIZE bytes) before closing, so that the client reads the
+#: answer instead of a TCP reset (RFC 9112 §9.6, "lingering close").
+LINGER_TIME = 2.0
+LINGER_SIZE = 16 * 1024 * 1024
 
 # WebSocket limits: defaults for a websocket path's "options" (SPEC §5).
 #: Largest message, all fragments together, and largest frame. Answer: close 1009.
@@ -148,6 +155,10 @@ RECV_SIZE = 64 * 1024
 MAX_RECV_SIZE = 256 * 1024
 #: Responses up to this size go out in one send() with their head.
 MAX_COALESCED_BODY = 64 * 1024
+#: Larger sends go in slices of this size, each with its own timeout: since
+#: Python 3.5 a socket timeout bounds a whole sendall(), which would cut off a
+#: big response to a slow but steady reader.
+SEND_SLICE = 256 * 1024
 #: An idle pool thread exits after this many seconds without a connection.
 IDLE_THREAD_TIMEOUT = 60.0
 
@@ -180,8 +191,9 @@ CHUNK_LINE_RE = re.compile(
     rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
     % (_TCHAR, _TCHAR, _QUOTED_STRING))
 # PEP 3333: status is "three-digit code, a space, and a reason phrase";
-# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ).
-STATUS_RE = re.compile(r"([2-9][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
+# RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). An app may
+# send 200-599 (RFC 9110 §15); 1xx belong to the server (100 Continue, 101).
+STATUS_RE = re.compile(r"([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
 # A response field value: no CR, LF, NUL or other control but HTAB (RFC 9110 §5.5).
 BAD_VALUE_CHAR_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 RESPONSE_FIELD_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -190,7 +202,7 @@ RESPONSE_FIELD_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # HTTP/1.1 hop-by-hop features or headers"): the server owns these.
 HOP_BY_HOP_FIELDS = frozenset([
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+    "te", "trailer", "transfer-encoding", "upgrade",
 ])
 # Request fields whose repetition makes the message ambiguous: RFC 9112 §3.2
 # (Host), §6.3 (Content-Length: "several differing values" -- we refuse any
@@ -298,7 +310,9 @@ def cgi_name(field_name: bytes):
     except KeyError:
         pass
     upper = field_name.decode("ascii").upper()
-    if "_" in upper:
+    if "_" in upper or upper == "PROXY":
+        # "_": see above. PROXY: HTTP_PROXY would pass for the proxy setting
+        # that HTTP libraries read from the environment ("httpoxy", CVE-2016-5385).
         name = None
     elif upper in ("CONTENT-TYPE", "CONTENT-LENGTH"):
         name = upper.replace("-", "_")    # PEP 3333: no HTTP_ twins for these
@@ -355,7 +369,7 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
                 # name and colon ... MUST reject" -- a classic smuggling vector.
                 raise HTTPError(400, "whitespace before the colon in %s" % _show(line))
             raise HTTPError(400, "invalid header field %s (expected name: value)" % _show(line))
-        key = _cgi_names.get(name) or cgi_name(name)
+        key = cgi_name(name)
         if key is None:
             continue
         value = value.strip(b" \t").decode("latin-1")
@@ -459,11 +473,12 @@ def parse_chunk_size(line: bytes) -> int:
 class SocketReader:
     """The bytes received from one socket, with a buffer; knows nothing of HTTP."""
 
-    __slots__ = ("sock", "buffer")
+    __slots__ = ("sock", "buffer", "receiving")
 
     def __init__(self, sock, buffer: bytes = b""):
         self.sock = sock
         self.buffer = buffer
+        self.receiving = False      # a request head has begun to arrive
 
     def read_some(self, limit: int) -> bytes:
         """Up to ``limit`` bytes, at least one unless the peer closed (then b"")."""
@@ -479,23 +494,27 @@ class SocketReader:
     def read_line(self, limit: int) -> bytes:
         """Bytes up to and including b"\\n", at most ``limit``; less only at EOF."""
         buffer = self.buffer
-        searched = 0
-        while True:
-            end = buffer.find(b"\n", searched, limit)
-            if end >= 0:
-                end += 1
-                break
-            if len(buffer) >= limit:
-                end = limit
-                break
-            searched = len(buffer)
+        end = buffer.find(b"\n", 0, limit)
+        if end >= 0 or len(buffer) >= limit:
+            end = end + 1 if end >= 0 else limit
+            self.buffer = buffer[end:]
+            return buffer[:end]
+        parts = [buffer]        # pieces, joined once: a long line costs linear time
+        size = len(buffer)
+        while size < limit:
             data = self.sock.recv(RECV_SIZE)
             if not data:
-                end = len(buffer)
                 break
-            buffer += data
-        self.buffer = buffer[end:]
-        return buffer[:end]
+            end = data.find(b"\n", 0, limit - size)
+            if end >= 0:
+                parts.append(data[:end + 1])
+                self.buffer = data[end + 1:]
+                return b"".join(parts)
+            parts.append(data)
+            size += len(data)
+        line = b"".join(parts)
+        self.buffer = line[limit:]
+        return line[:limit]
 
     def read_exact(self, size: int) -> bytes:
         """Exactly ``size`` bytes, or ClientDisconnected."""
@@ -513,54 +532,80 @@ def read_request_head(reader: SocketReader, limits: Limits):
     """Receive one request head; return its bytes without the empty line.
 
     None: the client closed, or stayed idle for ``client_timeout``, before
-    sending a byte of a request. HTTPError: 408 when a begun head did not
-    complete in time, 414/431 when it outgrows its limits, 400 for bare LFs.
+    sending a byte of a request. HTTPError: 408 when a head did not complete
+    within ``client_timeout`` of its first byte, 414/431 when it outgrows its
+    limits, 400 for bare LF line endings.
     """
     buffer = reader.buffer
+    if buffer[:1] in (b"\r", b"\n"):
+        buffer = buffer.lstrip(b"\r\n")        # RFC 9112 §2.2: empty lines before a request
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        buffer = _receive_head(reader, buffer, limits)
+        if buffer is None:
+            return None
+        end = buffer.find(b"\r\n\r\n")
+    if end + 4 > limits.max_head_size:          # it may have come whole in one recv()
+        raise HTTPError(431, "request head of %d bytes, over the limit of %d"
+                        % (end + 4, limits.max_head_size))
+    reader.buffer = bytes(buffer[end + 4:])
+    return bytes(buffer[:end])
+
+
+def _receive_head(reader: SocketReader, buffer, limits: Limits):
+    """recv() until the buffer holds a whole head; the slow path of read_request_head.
+
+    The buffer grows as a bytearray and only new bytes are searched, so a
+    head trickling in byte by byte costs linear time. Once any byte has come
+    (an empty line too), the rest must come within client_timeout: each
+    recv() waits only what is left (slowloris).
+    """
     sock = reader.sock
     deadline = None
     searched = 0
-    while True:
-        # RFC 9112 §2.2: ignore empty lines received before the request line.
-        while buffer[:2] == b"\r\n":
-            buffer = buffer[2:]
-            searched = 0
-        end = buffer.find(b"\r\n\r\n", searched)
-        if end >= 0:
-            break
-        if len(buffer) > limits.max_head_size:
-            raise HTTPError(431, "request head over the limit of %d bytes" % limits.max_head_size)
-        if len(buffer) > limits.max_request_line + 1 and buffer.find(b"\r\n") < 0:
-            raise HTTPError(414, "request line over the limit of %d bytes" % limits.max_request_line)
-        if buffer.find(b"\n\n") >= 0:
-            raise HTTPError(400, "bare LF line endings (HTTP/1.1 needs CRLF)")
-        searched = max(0, len(buffer) - 3)
-        if buffer:
-            # A request has begun: the rest of its head must come within
-            # client_timeout (slowloris): each recv waits only what is left.
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + limits.client_timeout
-            elif now >= deadline:
-                raise HTTPError(408, "request head not complete within %gs" % limits.client_timeout)
-            sock.settimeout(deadline - now)
-        try:
+    request_line_seen = False
+    try:
+        while True:
+            if len(buffer) > limits.max_head_size:
+                raise HTTPError(431, "request head over the limit of %d bytes" % limits.max_head_size)
+            if not request_line_seen:
+                request_line_seen = buffer.find(b"\r\n", 0, limits.max_request_line + 2) >= 0
+                if not request_line_seen and len(buffer) > limits.max_request_line + 1:
+                    raise HTTPError(414, "request line over the limit of %d bytes"
+                                    % limits.max_request_line)
+            if buffer.find(b"\n\n", max(0, searched - 1)) >= 0:
+                raise HTTPError(400, "bare LF line endings (HTTP/1.1 needs CRLF)")
+            searched = max(0, len(buffer) - 3)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise socket.timeout()
+                sock.settimeout(remaining)
             data = sock.recv(RECV_SIZE)
-        except socket.timeout:
-            if buffer:
-                raise HTTPError(408, "request head not complete within %gs"
-                                % limits.client_timeout) from None
-            return None
-        if not data:
-            return None             # closed by the client, before or mid-head
-        buffer += data
-    if deadline is not None:
-        sock.settimeout(limits.client_timeout)
-    if end + 4 > limits.max_head_size:     # it may have come whole in the last recv()
-        raise HTTPError(431, "request head of %d bytes, over the limit of %d"
-                        % (end + 4, limits.max_head_size))
-    reader.buffer = buffer[end + 4:]
-    return buffer[:end]
+            if not data:
+                return None         # closed by the client, before or in the middle of a head
+            if deadline is None:
+                deadline = time.monotonic() + limits.client_timeout
+                reader.receiving = True
+            if not buffer:
+                buffer = data
+            else:
+                if type(buffer) is not bytearray:
+                    buffer = bytearray(buffer)
+                buffer += data
+            if buffer[:1] in (b"\r", b"\n"):
+                buffer = buffer.lstrip(b"\r\n")
+                searched = request_line_seen = 0
+            if buffer.find(b"\r\n\r\n", searched) >= 0:
+                return buffer
+    except socket.timeout:
+        if buffer:
+            raise HTTPError(408, "request head not complete within %gs"
+                            % limits.client_timeout) from None
+        return None
+    finally:
+        if deadline is not None:
+            sock.settimeout(limits.client_timeout)
 
 
 class _BodyInput:
@@ -632,6 +677,8 @@ class FixedLengthInput(_BodyInput):
             self._on_first_read = on_first_read
 
     def _read_part(self, limit: int, line: bool) -> bytes:
+        if self.error is not None:
+            raise self.error
         if self.remaining <= 0:
             return b""
         limit = min(limit, self.remaining)
@@ -676,8 +723,10 @@ class ChunkedInput(_BodyInput):
 
     def _read_part(self, limit: int, line: bool) -> bytes:
         try:
+            if self.error is not None:
+                raise self.error
             if self.chunk_left == 0:
-                if self.finished or self.error:
+                if self.finished:
                     return b""
                 if self._on_first_read is not None:
                     self._on_first_read()
@@ -1031,7 +1080,7 @@ class Response:
 
     def _send(self, data: bytes):
         try:
-            self.sock.sendall(data)
+            send_all(self.sock, data)
         except OSError as exc:
             self.client_gone = True
             self.keep_alive = False
@@ -1133,6 +1182,16 @@ class Response:
         self.send_result([body])
 
 
+def send_all(sock, data: bytes):
+    """sendall() in slices of SEND_SLICE bytes, each with the socket's timeout."""
+    if len(data) <= SEND_SLICE:
+        sock.sendall(data)
+        return
+    view = memoryview(data)
+    for start in range(0, len(data), SEND_SLICE):
+        sock.sendall(view[start:start + SEND_SLICE])
+
+
 def build_error_response(status: int, detail: str, fields=()) -> bytes:
     """The bytes of an error answer to a request the server could not accept."""
     phrase = _STATUS_PHRASES.get(status, "Error")
@@ -1166,32 +1225,40 @@ class HTTPConnection:
         self.sock = sock
         self.client_address = client_address if isinstance(client_address, tuple) else ("", 0)
         self.reader = SocketReader(sock)
-        self.busy = False           # a request is being served (see WebTransport.stop)
+        self.handling = False       # a request is being served
+        self.linger = False         # the client may still be sending: close slowly
         self.response = None
 
+    @property
+    def busy(self) -> bool:
+        """A request has begun (see WebTransport.stop): not to be cut off."""
+        return self.handling or self.reader.receiving or bool(self.reader.buffer)
+
     def serve(self):
-        transport = self.transport
-        limits = transport.limits
+        """Serve requests until the connection closes; while stopping, one at most."""
+        limits = self.transport.limits
         reader = self.reader
         self.sock.settimeout(limits.client_timeout)
-        while not transport.stopping:
+        while True:
             self.response = None
+            reader.receiving = False
             try:
                 head_bytes = read_request_head(reader, limits)
                 if head_bytes is None:
                     return
-                self.busy = True
+                self.handling = True
                 head = parse_request_head(head_bytes, limits)
                 if not self.handle_request(head):
                     return
             except HTTPError as exc:
                 self.send_error(exc)
+                self.linger = True
                 return
             except OSError as exc:      # client gone or too slow; ClientDisconnected too
                 log.debug("connection from %s closed: %s", self.client_address[0], exc)
                 return
             finally:
-                self.busy = False
+                self.handling = False
 
     def send_error(self, exc: HTTPError):
         log.debug("%d for %s: %s", exc.status, self.client_address[0], exc.detail)
@@ -1266,23 +1333,32 @@ class HTTPConnection:
         finally:
             if transport.access_log:
                 self.log_access(environ, response)
-        if not response.keep_alive or body.error is not None:
-            return False
-        if not body.finished and not body.drain(MAX_DRAIN_SIZE):
+        if not response.keep_alive or body.error is not None or (
+                not body.finished and not body.drain(MAX_DRAIN_SIZE)):
+            self.linger = not body.finished
             return False
         return True
 
     def log_access(self, environ: dict, response: Response):
-        """One line in Apache's combined log format."""
+        """One line in Apache's combined log format (quotes and controls escaped, as Apache does)."""
         t = time.localtime()
         tz = time.strftime("%z", t)
         request_line = "%s %s %s" % (environ["REQUEST_METHOD"], environ["REQUEST_URI"],
                                      environ["SERVER_PROTOCOL"])
         access_log.info('%s - - [%02d/%s/%04d:%02d:%02d:%02d %s] "%s" %d %s "%s" "%s"',
                         environ["REMOTE_ADDR"], t.tm_mday, _MONTHS[t.tm_mon], t.tm_year,
-                        t.tm_hour, t.tm_min, t.tm_sec, tz, request_line, response.code,
-                        response.body_bytes or "-", environ.get("HTTP_REFERER", "-"),
-                        environ.get("HTTP_USER_AGENT", "-"))
+                        t.tm_hour, t.tm_min, t.tm_sec, tz, _log_escape(request_line), response.code,
+                        response.body_bytes or "-", _log_escape(environ.get("HTTP_REFERER", "-")),
+                        _log_escape(environ.get("HTTP_USER_AGENT", "-")))
+
+
+_LOG_ESCAPE_RE = re.compile(r'["\\\x00-\x1f\x7f-\xff]')
+
+
+def _log_escape(text: str) -> str:
+    """A client's text made safe for one log line: \\" and \\xHH escapes."""
+    return _LOG_ESCAPE_RE.sub(lambda m: "\\" + m.group() if m.group() in '"\\'
+                              else "\\x%02x" % ord(m.group()), text)
 
 
 # =============================================================================
@@ -1342,6 +1418,11 @@ def websocket_accept(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+# A 426 names the protocol to upgrade to (RFC 9110 §15.5.22), with "upgrade"
+# in Connection (§7.8), and the WebSocket versions spoken (RFC 6455 §4.2.2).
+_UPGRADE_FIELDS = (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"))
+
+
 def _tokens(value: str) -> list:
     return [t.strip(" \t").lower() for t in value.split(",")]
 
@@ -1353,8 +1434,7 @@ def check_websocket_handshake(environ: dict, options: WebSocketOptions):
     other than 13, 403 for an origin not allowed, 400 for anything else.
     """
     if "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")):
-        raise HTTPError(426, "this is a WebSocket endpoint: send Upgrade: websocket",
-                        [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+        raise HTTPError(426, "this is a WebSocket endpoint: send Upgrade: websocket", _UPGRADE_FIELDS)
     if environ["REQUEST_METHOD"] != "GET":
         raise HTTPError(400, "a WebSocket handshake is a GET, not %s" % environ["REQUEST_METHOD"])
     if environ["SERVER_PROTOCOL"] != "HTTP/1.1":
@@ -1366,8 +1446,7 @@ def check_websocket_handshake(environ: dict, options: WebSocketOptions):
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
         # §4.2.2: answer with the versions we speak.
         raise HTTPError(426, "Sec-WebSocket-Version %s is not supported (only 13)"
-                        % _show(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")),
-                        [("Sec-WebSocket-Version", "13")])
+                        % _show(environ.get("HTTP_SEC_WEBSOCKET_VERSION", "")), _UPGRADE_FIELDS)
     key = environ.get("HTTP_SEC_WEBSOCKET_KEY", "")
     try:
         valid_key = len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
@@ -1507,7 +1586,8 @@ def build_close_payload(code: int = None, reason: str = "") -> bytes:
     """The payload of a Close frame (§5.5.1): a code and a UTF-8 reason, within 125 bytes."""
     if code is None:
         return b""
-    return struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    encoded = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")   # whole characters
+    return struct.pack("!H", code) + encoded
 
 
 def parse_close_payload(payload: bytes):
@@ -1582,6 +1662,7 @@ class WebSocket:
         self._failed = False            # a protocol error: the client's bytes are not parsed any more
         self._dead = False              # the TCP connection is unusable
         self._drop_after_close = False
+        self._close_written = threading.Event()     # our Close is on the wire
         self._queue = collections.deque()
         self._queued_bytes = 0
         self._cond = threading.Condition(threading.Lock())
@@ -1617,31 +1698,30 @@ class WebSocket:
             self._finish()
 
     def _finish(self):
-        """End the closing handshake, bounded by close_handshake_timeout.
+        """End the closing handshake; the caller then closes TCP, server first (§7.1.1).
 
-        Our Close is sent; then the client's is awaited. After a protocol
-        error nothing the client sends is parsed any more (§7.1.7): its bytes
-        are discarded until it closes. Either way the caller then closes TCP,
-        the server first, as §7.1.1 prefers.
+        Our Close is queued; the writer thread sends it, then waits up to
+        close_handshake_timeout for the client's Close and cuts TCP if none
+        comes. Meanwhile this thread reads until that Close -- frames within
+        max_frame_size, data discarded; after a protocol error not even
+        frames: nothing the client sends is parsed any more (§7.1.7).
         """
-        timeout = self.options.close_handshake_timeout
-        deadline = time.monotonic() + timeout
-        self._writer.join(timeout)
         try:
-            if self._failed and not self._dead:
+            if self._failed:
+                self._close_written.wait(self.send_timeout)     # (or the client is gone)
                 self.sock.shutdown(socket.SHUT_WR)
-                while time.monotonic() < deadline:
-                    self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                    if not self.sock.recv(RECV_SIZE):
-                        break
-            elif not self._close_received and not self._dead:
-                while time.monotonic() < deadline and not self._close_received:
-                    self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                    header, payload = self._read_frame(None)
+                while self.sock.recv(RECV_SIZE):
+                    pass
+                self._lose()
+            else:
+                while not (self._close_received or self._dead):
+                    header = self._read_header(self.options.max_frame_size)
+                    payload = self._read_payload(header)
                     if header.opcode == Opcode.CLOSE:
-                        self._close_received = True
+                        self._on_close(payload)
         except (WebSocketError, OSError):
-            pass
+            self._lose()
+        self._writer.join(self.send_timeout + self.options.close_handshake_timeout)
         if self.close_code is None:
             self.close_code = CloseCode.ABNORMAL
 
@@ -1661,7 +1741,7 @@ class WebSocket:
         max_size = self.options.max_message_size
         while not (self._close_received or self._dead):
             try:
-                header = self._read_header(min(self.options.max_frame_size, max_size - size))
+                header = self._read_header(self.options.max_frame_size)
                 op = header.opcode
                 if op >= Opcode.CLOSE:          # control frames, between fragments too (§5.4)
                     payload = self._read_payload(header)
@@ -1685,6 +1765,9 @@ class WebSocket:
                     if op == Opcode.TEXT:
                         decoder = codecs.getincrementaldecoder("utf-8")()
                 size += header.payload_len
+                if size > max_size:
+                    raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message over the limit of %d "
+                                         "bytes" % max_size)
                 parts.append(self._read_payload(header, decoder))
             except WebSocketError as exc:
                 self._fail(exc)
@@ -1694,8 +1777,9 @@ class WebSocket:
                 self._lose()
                 return None
             if header.fin:
-                if self._close_sent:
-                    continue                    # §5.5.1: closing; data is discarded
+                if self._close_sent:            # §5.5.1: closing; data is discarded
+                    opcode, parts, size, decoder = None, [], 0, None
+                    continue
                 if decoder is not None:
                     return "".join(parts)
                 return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -1754,9 +1838,7 @@ class WebSocket:
         """No frame for a while: ping (auto_ping_interval); no pong in time: drop."""
         interval = self.options.auto_ping_interval
         if not interval or self._close_sent:
-            if self._close_sent:
-                raise ClientDisconnected("no Close from the client in time")
-            return
+            return                      # closing: the writer thread keeps the time
         now = time.monotonic()
         if self._ping_sent_at is not None:
             if now - self._ping_sent_at >= self.options.auto_ping_timeout:
@@ -1768,7 +1850,9 @@ class WebSocket:
 
     def _on_close(self, payload: bytes):
         """The client's Close (§5.5.1): answer it (unless we began), then end."""
-        self._close_received = True     # even an invalid Close ends the client's side
+        with self._cond:
+            self._close_received = True     # even an invalid Close ends the client's side
+            self._cond.notify_all()         # the writer may be waiting for it
         try:
             code, reason = parse_close_payload(payload)
         except WebSocketError as exc:
@@ -1806,6 +1890,8 @@ class WebSocket:
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = ""):
         """Start the closing handshake (§7.1.2); a no-op if it has begun."""
+        if not is_valid_close_code(code):
+            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self._send_close(build_close_payload(code, reason))
@@ -1815,8 +1901,9 @@ class WebSocket:
             if self._close_sent or self._dead:
                 return
             self._close_sent = True
-            self._queue.append(build_frame(Opcode.CLOSE, payload))
-            self._queued_bytes += len(payload) + 2
+            frame = build_frame(Opcode.CLOSE, payload)
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
             self._cond.notify_all()
 
     def _drop(self, code: int, reason: str):
@@ -1889,13 +1976,17 @@ class WebSocket:
                 drop = self._drop_after_close
                 cond.notify_all()               # room for senders waiting
             try:
-                self.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+                send_all(self.sock, frames[0] if len(frames) == 1 else b"".join(frames))
             except OSError as exc:
                 log.debug("WebSocket on %s: send failed: %s", self.channel.path, exc)
                 self._lose()
                 return
-            if last:
-                if drop:
+            if last:                            # our Close is out: the client has this long
+                self._close_written.set()
+                with cond:
+                    answered = drop or cond.wait_for(lambda: self._close_received or self._dead,
+                                                     self.options.close_handshake_timeout)
+                if drop or not answered:
                     self._lose()
                 return
 
@@ -1956,6 +2047,9 @@ class WebSocketService:
         self.label = label
 
     def serve(self, environ: dict, response: Response, conn: HTTPConnection):
+        if conn.transport.stopping:
+            response.send_simple(503, "the server is shutting down")
+            return
         try:
             accept, protocol = check_websocket_handshake(environ, self.options)
         except HTTPError as exc:
@@ -2085,8 +2179,10 @@ class WSGIService:
                 response.keep_alive = False
                 response.headers_set = None
                 response.send_simple(exc.status, exc.detail)
-        except Exception:
+        except BaseException as exc:    # SystemExit from an app is an app error too
             self._fail(environ, response)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
         finally:
             slots.release()
             close = getattr(result, "close", None)
@@ -2248,6 +2344,8 @@ class WebTransport:
             self.connections.add(conn)
         try:
             conn.serve()
+            if conn.linger:
+                lingering_close(sock)
         finally:
             with self.lock:
                 self.connections.discard(conn)
@@ -2268,23 +2366,65 @@ class WebTransport:
         host = self.host or "*"
         return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
 
-    def stop(self, grace: float):
-        """Stop serving: idle connections close now, busy ones after their response."""
+    def begin_stop(self):
+        """Stop taking requests: WebSockets get 1001, idle connections are closed."""
         self.stopping = True
-        deadline = time.monotonic() + grace
         for channel in self.channels.values():
             channel.close_all(CloseCode.GOING_AWAY, "server shutting down")    # RFC 6455 §7.4.1
+        self._close_idle()
+
+    def _close_idle(self):
+        # An idle connection waits in recv(); shutting its reading side ends the
+        # wait. One whose request has begun is left to finish (with Connection: close).
         with self.lock:
-            while self.connections:
-                for conn in list(self.connections):
-                    if not conn.busy:
-                        _shutdown_socket(conn.sock, socket.SHUT_RD)
+            for conn in list(self.connections):
+                if not conn.busy:
+                    _shutdown_socket(conn.sock, socket.SHUT_RD)
+
+    def finish_stop(self, deadline: float):
+        """Wait until ``deadline`` (time.monotonic()) for connections to end; then cut them."""
+        while True:
+            self._close_idle()              # including those whose request just ended
+            with self.lock:
+                if not self.connections:
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    for conn in self.connections:
+                        _shutdown_socket(conn.sock, socket.SHUT_RDWR)
                     break
                 self.idle.wait(min(remaining, 0.1))
-            for conn in self.connections:
-                _shutdown_socket(conn.sock, socket.SHUT_RDWR)
+        if self.server is not None:
+            self.server.pool.shutdown()
+
+    def stop(self, grace: float):
+        """Stop serving: idle connections close now, busy ones after their response."""
+        self.begin_stop()
+        self.finish_stop(time.monotonic() + grace)
+
+
+def lingering_close(sock):
+    """RFC 9112 §9.6: stop sending, then read and discard for a while before closing.
+
+    Closing a socket with unread data makes the kernel send a TCP reset, and
+    a client still uploading (to a 413, say) would get the reset instead of
+    the answer waiting in its receive buffer.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_TIME
+        received = 0
+        while received < LINGER_SIZE:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            data = sock.recv(MAX_RECV_SIZE)
+            if not data:
+                break
+            received += len(data)
+    except OSError:
+        pass
 
 
 def _shutdown_socket(sock, how):
@@ -2412,6 +2552,9 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
     values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
                             ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
+    if values["hsts"]:
+        log.warning("%s: %s: hsts is ignored: it applies to TLS, which wsgihost does not "
+                    "support yet", where.filename, (where / "options").path)
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
                                                           transport.get("endpoint"))
     paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
@@ -2584,9 +2727,11 @@ def _load_app(where: _Where, service: dict, what: str):
 class ThreadPool:
     """Threads that serve connections; an idle one waits for the next.
 
-    ``keep`` threads are started up front and never exit (the sum of the
-    apps' ``minthreads``); others exit after IDLE_THREAD_TIMEOUT idle.
+    ``keep`` threads are started up front and stay until shutdown() (the sum
+    of the apps' ``minthreads``); others exit after IDLE_THREAD_TIMEOUT idle.
     """
+
+    _STOP = object()
 
     def __init__(self, keep: int = 0, name: str = "wsgihost"):
         self.keep = keep
@@ -2606,16 +2751,34 @@ class ThreadPool:
                 return
         self._spawn((fn, args))
 
+    def shutdown(self):
+        """Let every thread exit once it is done with its connection."""
+        with self.lock:
+            count, self.keep = self.threads, 0
+        for _ in range(count):
+            self.tasks.put(self._STOP)
+
     def _spawn(self, task):
         with self.lock:
             self.threads += 1
             if task is None:
                 self.idle += 1
-        thread = threading.Thread(target=self._work, args=(task,), name=self.name, daemon=True)
-        thread.start()
+        try:
+            threading.Thread(target=self._work, args=(task,), name=self.name, daemon=True).start()
+        except BaseException:
+            with self.lock:
+                self.threads -= 1
+                if task is None:
+                    self.idle -= 1
+            raise
 
     def _work(self, task):
         while True:
+            if task is self._STOP:
+                with self.lock:
+                    self.idle -= 1
+                    self.threads -= 1
+                return
             if task is not None:
                 fn, args = task
                 try:
@@ -2670,7 +2833,12 @@ class WSGIServer(socketserver.ThreadingTCPServer):
             if self.transport.stopping:
                 self.shutdown_request(sock)
                 return
-        self.pool.submit(self._serve, sock, client_address)
+        try:
+            self.pool.submit(self._serve, sock, client_address)
+        except Exception:               # e.g. RuntimeError: can't start new thread
+            log.exception("cannot serve a connection from %s", client_address)
+            self.shutdown_request(sock)
+            self.slots.release()
 
     def _serve(self, sock, client_address):
         try:
@@ -2732,14 +2900,22 @@ class Node:
         return [url for transport in self.transports for url in transport.urls()]
 
     def stop(self, grace: float = None):
-        """Stop accepting, let requests in flight finish (up to ``grace`` seconds), close."""
+        """Stop accepting, let requests in flight finish (up to ``grace`` seconds), close.
+
+        All transports wind down together, against one deadline.
+        """
+        if grace is None:
+            grace = max(t.limits.shutdown_grace for t in self.transports)
+        deadline = time.monotonic() + grace
         for transport in self.transports:
             transport.stopping = True
             if transport.server is not None:
                 transport.server.shutdown()
                 transport.server.server_close()
         for transport in self.transports:
-            transport.stop(transport.limits.shutdown_grace if grace is None else grace)
+            transport.begin_stop()
+        for transport in self.transports:
+            transport.finish_stop(deadline)
         self.stopped.set()
 
     def __enter__(self) -> Node:
