@@ -2485,6 +2485,19 @@ class SubprocessTests(unittest.TestCase):
         self.assertIn(b"SCRIPT_NAME: /info", body)
         self.assertIn(b"PATH_INFO: /some/path", body)
         conn.close()
+        # 256 simultaneous connections, all answered, no socket error
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(256)]
+        for sock in socks:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        for sock in socks:
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            sock.close()
+            self.assertEqual(split_responses(data)[0].status, 200)
         proc.terminate()
         out, err = proc.communicate(timeout=10)
         self.assertEqual(proc.returncode, 0, err)
