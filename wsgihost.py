@@ -211,6 +211,13 @@ HOP_BY_HOP_FIELDS = frozenset([
 # §8.3 (Content-Type is a single value: joining two would give the app a type
 # nobody sent, and a proxy in front may have honoured either).
 SINGLETON_FIELDS = frozenset(["HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE"])
+# RFC 9110 §6.5.1: fields a sender must not put in a trailer -- framing,
+# routing, authentication, content processing. Trailers are discarded anyway;
+# one of these there means a client (or an attacker) hoping someone merges it.
+FORBIDDEN_TRAILER_FIELDS = frozenset([
+    b"content-length", b"transfer-encoding", b"host", b"trailer", b"te", b"content-type",
+    b"content-encoding", b"content-range", b"authorization", b"expect", b"max-forwards",
+    b"cache-control", b"set-cookie", b"cookie"])
 
 _STATUS_PHRASES = {int(s): s.phrase for s in http.HTTPStatus}
 
@@ -784,6 +791,9 @@ class ChunkedInput(_BodyInput):
             if (line[-2:] != b"\r\n" or not colon or TOKEN_RE.fullmatch(name) is None
                     or BAD_HEAD_BYTE_RE.search(field)):
                 raise HTTPError(400, "invalid trailer field %s" % _show(line))
+            if name.lower() in FORBIDDEN_TRAILER_FIELDS:
+                raise HTTPError(400, "%s is not allowed in a trailer (RFC 9110 §6.5.1)"
+                                % name.decode("ascii"))
 
     def drain(self, limit: int) -> bool:
         """Read and discard at most ``limit`` more bytes of body; True if it ended."""
