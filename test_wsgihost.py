@@ -2369,6 +2369,16 @@ class ConfigTests(unittest.TestCase):
                                                          options={"client_timeout": 5, "max_body_size": 9}))[0]
         self.assertEqual((transport.limits.client_timeout, transport.limits.max_body_size), (5, 9))
 
+    def test_websocket_options_validated(self):
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {"auto_ping_timeout": 0}}}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["ws"].options.'
+                               'auto_ping_timeout: must be more than 0, got 0')
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {"protocol": ["x"]}}}),
+                               '.crossbar/config.json: workers[0].transports[0].paths["ws"].options: unknown '
+                               'key "protocol" (expected one of: allowed_origins, auto_ping_interval, '
+                               'auto_ping_timeout, close_handshake_timeout, max_frame_size, max_message_size, '
+                               'max_send_queue, protocols)')
+
     def test_pythonpath_relative_to_cbdir(self):
         with tempfile.TemporaryDirectory() as project:
             os.mkdir(os.path.join(project, ".crossbar"))

@@ -30,7 +30,7 @@ What it does not do (yet): TLS, unix sockets, HTTP/2, permessage-deflate,
 ``static``, ``redirect`` and ``json`` services, and the WAMP router that
 Crossbar also is.
 
-Reading order -- the sections follow the life of a request; ``grep -n "^# ="
+Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
 
      1. Limits and protocol constants
@@ -40,7 +40,7 @@ wsgihost.py`` prints this map:
      5. The WSGI environ                          (pure)
      6. The WSGI response: start_response, write, framing
      7. The connection: one thread, many requests
-     8. WebSocket (RFC 6455)                       (frames: pure)
+     8. WebSocket (RFC 6455): handshake, frames, messages, channels
      9. Path dispatch and app loading
     10. Configuration
     11. The socket server and the node
@@ -93,9 +93,12 @@ access_log = logging.getLogger("wsgihost.access")
 # =============================================================================
 # 1. Limits and protocol constants
 # =============================================================================
-# Every limit below is a default: a web transport's "options" can override it
-# under the same name in lower case (e.g. "max_head_size": 131072). Each one
-# bounds what a client can make the server spend, and has an answer.
+# Each limit bounds what a client can make the server spend, and has an
+# answer. The web transport's "options" override those named in _LIMIT_NAMES,
+# under the same name in lower case (e.g. "max_head_size": 131072);
+# LISTEN_BACKLOG is the endpoint's "backlog"; the WebSocket values are options
+# of a websocket path (timeouts there in milliseconds, as in Crossbar); the
+# others are fixed.
 
 #: Longest request line, CRLF excluded. Answer: 414 URI Too Long.
 #: (nginx 8 KiB, gunicorn 4 KiB, Apache 8 KiB.)
@@ -138,7 +141,7 @@ SHUTDOWN_GRACE = 10.0
 LINGER_TIME = 2.0
 LINGER_SIZE = 16 * 1024 * 1024
 
-# WebSocket limits: defaults for a websocket path's "options" (SPEC §5).
+# WebSocket limits: defaults for a websocket path's "options" (README: WebSocket).
 #: Largest message, all fragments together, and largest frame. Answer: close 1009.
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Bytes queued for one client before a broadcast drops it (close 1008); a
@@ -178,10 +181,10 @@ REQUEST_LINE_RE = re.compile(rb"([%s]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9]
 # (RFC 9112 §2.2: a bare CR must be rejected; we refuse bare LF too, since a
 # front end that splits lines differently is how requests get smuggled).
 BAD_HEAD_BYTE_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-# RFC 9112 §6.2: Content-Length = 1*DIGIT. No sign, no spaces, no list; 18
+# RFC 9110 §8.6: Content-Length = 1*DIGIT. No sign, no spaces, no list; 18
 # digits keep the value under 2**63.
 CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
-# RFC 9112 §3.2 and RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
+# RFC 9110 §7.2 and RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where
 # chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
@@ -206,8 +209,8 @@ HOP_BY_HOP_FIELDS = frozenset([
     "te", "trailer", "transfer-encoding", "upgrade",
 ])
 # Request fields whose repetition makes the message ambiguous: RFC 9112 §3.2
-# (Host), §6.3 (Content-Length: "several differing values" -- we refuse any
-# repetition, as nginx does, since no honest client sends two) and RFC 9110
+# (Host), §6.3 (several Content-Length values make the length unreliable --
+# we refuse any repetition, as nginx does, since no honest client sends two) and RFC 9110
 # §8.3 (Content-Type is a single value: joining two would give the app a type
 # nobody sent, and a proxy in front may have honoured either).
 SINGLETON_FIELDS = frozenset(["HTTP_HOST", "CONTENT_LENGTH", "CONTENT_TYPE"])
@@ -225,11 +228,13 @@ _STATUS_PHRASES = {int(s): s.phrase for s in http.HTTPStatus}
 # =============================================================================
 # 2. Errors
 # =============================================================================
-# One small family. Parsers raise; only the connection loop turns an error
-# into a response, and only the command line turns a ConfigError into exit 2.
+# One small family. Parsers raise; the connection loop and the services turn
+# errors into responses, and only the command line turns a ConfigError into
+# exit 2.
 
 class HTTPError(Exception):
-    """A request the server answers itself with ``status``, then closes.
+    """A request the server answers itself with ``status``, then closes
+    (but for a WebSocket 426, which leaves the connection open).
 
     ``detail`` says what was wrong with the request, for the response body
     and the log: the offending bytes (truncated) and what was expected.
@@ -471,12 +476,13 @@ def parse_chunk_size(line: bytes) -> int:
 # =============================================================================
 # 4. Request bodies: wsgi.input
 # =============================================================================
-# The only objects that read from the client socket. SocketReader buffers what
+# The objects that read HTTP request bytes from the client. SocketReader buffers what
 # recv() returned; the two wsgi.input classes take exactly the body's bytes
 # from it, never more, so the next request on the connection starts at the
-# right byte (pipelining). Errors in the body (a bad chunk, the client gone)
-# are raised into the app and remembered, so the connection can answer them
-# (400/413) if the app lets them through, and is closed in any case.
+# right byte (pipelining). Errors in the body (a bad chunk, a stall, the client
+# gone) are raised into the app and remembered, so WSGIService.serve can answer
+# them (400/408/413/431) if the app lets them through; the connection is then
+# closed in any case.
 
 class SocketReader:
     """The bytes received from one socket, with a buffer; knows nothing of HTTP."""
@@ -886,7 +892,8 @@ def build_environ(base: dict, head: RequestHead, script_name: str, path_info: st
 # socket. start_response validates everything the app says before a byte is
 # sent -- a CR or LF in a header would let the app's input split the response
 # (response splitting) -- so a bad header is an exception in the app, a 500.
-# The head goes out with the first non-empty body chunk, in one send; a body
+# The head goes out with the first non-empty body chunk, in one send (for
+# bodies up to 64 KiB); a body
 # given whole (a list) gets a Content-Length, a streamed one is chunked on
 # HTTP/1.1 and close-delimited on HTTP/1.0.
 
@@ -912,7 +919,7 @@ def build_response_head(status: str, headers: list) -> ResponseHead:
     if type(status) is not str:
         raise TypeError("status must be a str like '200 OK', not %s" % type(status).__name__)
     if STATUS_RE.fullmatch(status) is None:
-        raise ValueError("invalid status %s: expected three digits (200-999), a space and a "
+        raise ValueError("invalid status %s: expected three digits (200-599), a space and a "
                          "reason phrase, without control characters" % _show(status))
     code = int(status[:3])
     if type(headers) is not list:
@@ -1379,9 +1386,9 @@ def _log_escape(text: str) -> str:
 # the HTTP connection becomes a WebSocket for the rest of its life. The
 # connection's thread reads frames (§5) and runs the path's handler -- by
 # default a loop that broadcasts each message to the path's Channel. A second
-# thread per connection writes the frames queued for it, so that nobody who
-# sends ever waits on a slow client: a client whose queue is full when a
-# broadcast arrives is dropped with 1008 (policy violation).
+# thread per connection writes the frames queued for it, so that a broadcast
+# never waits on a slow client: a client whose queue a broadcast would take
+# over max_send_queue is dropped with 1008 (policy violation).
 #
 # The frame functions are pure, like the HTTP parser: bytes in, values out,
 # or a WebSocketError carrying the close code to send (§7.4.1).
@@ -1474,7 +1481,7 @@ def check_websocket_handshake(environ: dict, options: WebSocketOptions):
     protocol = None
     offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL")
     if offered:
-        # §4.2.2 step 5.4: the first of the client's protocols that we speak.
+        # §4.2.2 step 4 (/subprotocol/): the first of the client's protocols that we speak.
         for name in (p.strip(" \t") for p in offered.split(",")):
             if name in options.protocols:
                 protocol = name
@@ -1647,7 +1654,7 @@ class WebSocketOptions:
 
 
 class WebSocket:
-    """One WebSocket connection, as a handler sees it (SPEC §5).
+    """One WebSocket connection, as a handler sees it (README: WebSocket, "Handlers").
 
     ``receive()`` (the connection's thread only) returns the next message --
     str for text, bytes for binary -- or None once the connection is closed;
@@ -2222,7 +2229,7 @@ class WSGIService:
 def load_object(module_name: str, object_name: str, where: str = "", filename: str = "config"):
     """Import ``module_name`` and return its attribute ``object_name`` (dotted allowed).
 
-    Raises ConfigError with the messages of SPEC §2.
+    Raises ConfigError: 'cannot import module "m": ...', 'module "m" has no object "o"'.
     """
     try:
         module = importlib.import_module(module_name)
@@ -2250,8 +2257,8 @@ def load_object(module_name: str, object_name: str, where: str = "", filename: s
 # file, the JSON path and the problem. Nothing is bound to a port here, so a
 # bad config costs nothing and ``--check`` can run this alone.
 
-#: The options of a web transport: name -> (default, kind). "limit" options
-#: build the transport's Limits.
+#: The options of a web transport: name -> (default, kind). Those named in
+#: _LIMIT_NAMES build the transport's Limits.
 WEB_OPTIONS = {
     "access_log": (False, "bool"),
     "display_tracebacks": (False, "bool"),
@@ -2276,7 +2283,7 @@ WEBSOCKET_OPTIONS = {
     "max_frame_size": (None, "size or null"),
     "close_handshake_timeout": (CLOSE_HANDSHAKE_TIMEOUT * 1000, "ms"),
     "auto_ping_interval": (AUTO_PING_INTERVAL * 1000, "ms"),
-    "auto_ping_timeout": (AUTO_PING_TIMEOUT * 1000, "ms"),
+    "auto_ping_timeout": (AUTO_PING_TIMEOUT * 1000, "ms > 0"),
     "max_send_queue": (MAX_SEND_QUEUE, "size"),
 }
 #: Crossbar's websocket options that have no meaning here: accepted, with a warning.
@@ -2591,6 +2598,9 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
         elif kind == "ms":
             if _expect(w, value, float, "a number of milliseconds") < 0:
                 raise w.error("must be 0 or more, got %s" % value)
+        elif kind == "ms > 0":
+            if _expect(w, value, float, "a number of milliseconds") <= 0:
+                raise w.error("must be more than 0, got %s" % value)
         elif kind == "strings":
             _expect(w, value, list, "a list of strings")
             for i, item in enumerate(value):
@@ -2732,14 +2742,16 @@ def _load_app(where: _Where, service: dict, what: str):
 # connection to a pool thread (threads are reused, not created per
 # connection), after taking one of max_connections slots: while none is free
 # nothing is accepted, so further clients wait in the listen backlog, not in
-# the server's memory. A Node is the set of transports of one config, started
+# the server's memory (socketserver accepts one more before asking, and holds
+# it). A Node is the set of transports of one config, started
 # and stopped together.
 
 class ThreadPool:
     """Threads that serve connections; an idle one waits for the next.
 
     ``keep`` threads are started up front and stay until shutdown() (the sum
-    of the apps' ``minthreads``); others exit after IDLE_THREAD_TIMEOUT idle.
+    of the apps' ``minthreads``, at most max_connections); others exit after
+    IDLE_THREAD_TIMEOUT idle.
     """
 
     _STOP = object()
@@ -3016,7 +3028,7 @@ def _count_paths(transports) -> int:
 
 
 def main(argv=None) -> int:
-    """The command line (SPEC §1). Returns the exit status."""
+    """The command line (README: Command line). Returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config.")
     parser.add_argument("config_path", nargs="?", metavar="CONFIG",
@@ -3066,6 +3078,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     # An app that does "import wsgihost" must get this running module, not a
-    # second copy with its own state (SPEC §7).
+    # second copy with its own state.
     sys.modules.setdefault("wsgihost", sys.modules[__name__])
     sys.exit(main())
