@@ -705,6 +705,25 @@ class ResponseFramingTests(unittest.TestCase):
         resp = one(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
         self.assertEqual((resp.headers["content-length"], resp.body), ("5", b"abcde"))
 
+    def test_any_iterable_of_length_one_gets_content_length(self):
+        class OneChunk:
+            def __len__(self):
+                return 1
+
+            def __iter__(self):
+                yield b"whole"
+
+            def close(self):
+                pass
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            return OneChunk()
+        data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", validate=False)
+        self.assertIn(b"Content-Length: 5\r\n", data)
+        self.assertNotIn(b"chunked", data)
+        self.assertTrue(data.endswith(b"\r\n\r\nwhole"))
+
     def test_generator_body_chunked_on_1_1(self):
         def app(environ, start_response):
             start_response("200 OK", TEXT)

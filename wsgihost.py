@@ -1119,7 +1119,18 @@ class Response:
             self._send(head + self._frame(data))
 
     def send_result(self, result):
-        """Send what the app returned: a body given whole gets a Content-Length."""
+        """Send what the app returned: a body given whole gets a Content-Length.
+
+        Given whole means a list or tuple, or (as wsgiref has it) any iterable
+        whose len() is 1: its one chunk is the body.
+        """
+        if type(result) is not list and type(result) is not tuple and type(result) is not FileWrapper:
+            try:
+                single = len(result) == 1
+            except Exception:
+                single = False
+            if single:
+                result = list(result)
         if type(result) is list or type(result) is tuple:
             for chunk in result:
                 if type(chunk) is not bytes:
