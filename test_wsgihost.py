@@ -130,6 +130,16 @@ def split_responses(data: bytes, methods=()) -> list:
     return responses
 
 
+def recv_until_closed(sock) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def one(app, data: bytes, **kw) -> Resp:
     responses = split_responses(run_raw(app, data, **kw), [data.split(b" ", 1)[0].decode()])
     return responses[0]
@@ -1766,13 +1776,7 @@ class SocketTests(unittest.TestCase):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         deadline = time.monotonic() + 10
         for sock in socks:
-            data = b""
-            while True:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            resp = split_responses(data)
+            resp = split_responses(recv_until_closed(sock))
             self.assertEqual([(r.status, r.body) for r in resp], [(200, b"Hello, World!")])
         self.assertLess(time.monotonic(), deadline)
 
@@ -2022,12 +2026,7 @@ class SlowClientTests(unittest.TestCase):
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(sock.close)
         sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = recv_until_closed(sock)
         self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
         self.wait_until_idle(node)
 
@@ -2525,12 +2524,7 @@ class SubprocessTests(unittest.TestCase):
         for sock in socks:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         for sock in socks:
-            data = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = recv_until_closed(sock)
             sock.close()
             self.assertEqual(split_responses(data)[0].status, 200)
         proc.terminate()
