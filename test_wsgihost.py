@@ -413,6 +413,26 @@ class ParseChunkSizeTests(unittest.TestCase):
 
 class EnvironTests(unittest.TestCase):
 
+    def test_build_environ_pure(self):
+        from wsgiref.validate import check_environ
+        head = parse_request_head(b"POST /x%20y?q HTTP/1.0\r\nContent-Type: a/b\r\nContent-Length: 0\r\n"
+                                  b"X-A: 1")
+        base = dict(wsgihost.build_base_environ("example", 8080), REMOTE_ADDR="10.0.0.1",
+                    REMOTE_PORT="4321")
+        body = wsgihost.FixedLengthInput(wsgihost.SocketReader(None), 0)
+        environ = wsgihost.build_environ(base, head, "/app", "/x y", "q", body)
+        self.assertEqual({k: environ[k] for k in ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO",
+                                                 "QUERY_STRING", "SERVER_PROTOCOL", "SERVER_NAME",
+                                                 "SERVER_PORT", "CONTENT_TYPE", "CONTENT_LENGTH",
+                                                 "HTTP_X_A", "REMOTE_ADDR", "REMOTE_PORT")},
+                         {"REQUEST_METHOD": "POST", "SCRIPT_NAME": "/app", "PATH_INFO": "/x y",
+                          "QUERY_STRING": "q", "SERVER_PROTOCOL": "HTTP/1.0", "SERVER_NAME": "example",
+                          "SERVER_PORT": "8080", "CONTENT_TYPE": "a/b", "CONTENT_LENGTH": "0",
+                          "HTTP_X_A": "1", "REMOTE_ADDR": "10.0.0.1", "REMOTE_PORT": "4321"})
+        self.assertIs(environ["wsgi.input"], body)
+        self.assertNotIn("HTTP_X_A", base)                      # the base is not changed
+        check_environ(environ)                                  # wsgiref's own PEP 3333 checks
+
     def test_environ_keys(self):
         env = get_environ(b"GET /a/b?x=%20y HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: t\r\n\r\n")
         self.assertEqual(env["REQUEST_METHOD"], "GET")
@@ -1478,7 +1498,9 @@ def upper_handler(ws):
 
 
 def raising_handler(ws):
-    ws.receive()
+    message = ws.receive()
+    if message == "exit":
+        raise SystemExit(1)
     raise RuntimeError("handler failed")
 
 
@@ -1643,6 +1665,13 @@ class WebSocketSocketTests(unittest.TestCase):
         d = self.client()
         d.send_text("still here")
         self.assertEqual(d.recv_text(), "still here")
+
+    def test_handler_calling_sys_exit_closes_with_1011_too(self):
+        c = self.client("/boom")
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            c.send_text("exit")
+            self.assertEqual(c.expect_close(), 1011)
+        self.assertIn("SystemExit", "\n".join(logs.output))
 
     def test_handshake_errors_over_the_wire(self):
         self.assertEqual(self.client(headers=[("Origin", "http://evil.example")], path="/chat").status, 403)

@@ -52,6 +52,7 @@ modify and distribute freely, keeping this notice; no warranty.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import base64
 import codecs
@@ -74,7 +75,6 @@ import struct
 import sys
 import threading
 import time
-import _thread
 import traceback
 from urllib.parse import unquote
 
@@ -83,7 +83,7 @@ __all__ = [
     "serve", "Node", "load_config", "ConfigError", "HTTPError",
     "FileWrapper", "parse_request_head", "parse_body_framing",
     "parse_request_target", "parse_chunk_size", "build_environ",
-    "build_response_head", "main",
+    "build_response_head", "main", "WebSocket", "Channel", "WebSocketError",
 ]
 
 log = logging.getLogger("wsgihost")
@@ -200,7 +200,7 @@ CHUNK_LINE_RE = re.compile(
 STATUS_RE = re.compile(r"([2-5][0-9][0-9]) [\t\x20-\x7e\x80-\xff]*")
 # A response field value: no CR, LF, NUL or other control but HTAB (RFC 9110 §5.5).
 BAD_VALUE_CHAR_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-RESPONSE_FIELD_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+RESPONSE_FIELD_NAME_RE = re.compile("[%s]+" % _TCHAR.decode("ascii"))     # token, as above
 
 # RFC 9110 §7.6.1 and PEP 3333 ("Applications ... are forbidden from using
 # HTTP/1.1 hop-by-hop features or headers"): the server owns these.
@@ -395,6 +395,11 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
     return RequestHead(method.decode("ascii"), target.decode("latin-1"), version, fields)
 
 
+def parse_tokens(value: str) -> list:
+    """A comma-separated list of case-insensitive tokens (RFC 9110 §5.6.1), lowered."""
+    return [token.strip(" \t").lower() for token in value.split(",")]
+
+
 def parse_request_target(method: str, target: str):
     """Split a request target into (path, query, authority).
 
@@ -446,7 +451,7 @@ def parse_body_framing(head: RequestHead):
         if head.version == (1, 0):
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        codings = [c.strip(" \t").lower() for c in transfer_encoding.split(",")]
+        codings = parse_tokens(transfer_encoding)
         if codings == ["chunked"]:
             return None
         if codings[-1] != "chunked" or "chunked" in codings[:-1] or "" in codings:
@@ -625,43 +630,69 @@ def _receive_head(reader: SocketReader, buffer, limits: Limits):
 class _BodyInput:
     """PEP 3333 wsgi.input: read, readline, readlines and iteration.
 
-    Subclasses provide ``_read_part(limit, line)``: up to ``limit`` bytes of
-    body, up to a newline if ``line``; b"" at the end of the body.
+    Subclasses provide ``_read_more(limit, line)``: up to ``limit`` bytes of
+    body, up to a newline if ``line``. This base class sends the "100
+    Continue" on the first read, turns socket errors into the module's own --
+    408 for a body that stopped arriving, ClientDisconnected for one cut off
+    -- and remembers the first error, raising it again on every later read.
     """
 
     error = None            # the exception that broke the body, if any
     finished = False        # the whole body has been read
     _on_first_read = None   # sends "100 Continue" (RFC 9110 §10.1.1)
 
-    def _fail(self, exc):
-        self.error = exc
-        raise exc
+    def _read_part(self, limit: int, line: bool) -> bytes:
+        if self.error is not None:
+            raise self.error
+        if self.finished:
+            return b""
+        try:
+            if self._on_first_read is not None:
+                send_continue, self._on_first_read = self._on_first_read, None
+                send_continue()
+            return self._read_more(limit, line)
+        except (HTTPError, ClientDisconnected) as exc:
+            self.error = exc
+        except socket.timeout:
+            self.error = HTTPError(408, "the request body stopped arriving (client_timeout)")
+        except OSError as exc:
+            self.error = ClientDisconnected("reading the request body: %s" % exc)
+        raise self.error
+
+    def drain(self, limit: int) -> bool:
+        """Read and discard at most ``limit`` more bytes; True if the body ended.
+
+        False at once while a 100 Continue is owed: the client may be holding
+        the body back until it gets one.
+        """
+        if self._on_first_read is not None or self.error is not None:
+            return self.finished
+        try:
+            while not self.finished and limit > 0:
+                limit -= len(self._read_part(min(limit, MAX_RECV_SIZE), False))
+        except (ClientDisconnected, HTTPError):
+            return False
+        return self.finished
+
+    def _read(self, size, line: bool) -> bytes:
+        if size is None or size < 0:
+            size = sys.maxsize
+        parts = []
+        while size > 0:
+            part = self._read_part(size, line)
+            if not part:
+                break
+            parts.append(part)
+            size -= len(part)
+            if line and part[-1:] == b"\n":
+                break
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        while size > 0:
-            part = self._read_part(size, False)
-            if not part:
-                break
-            parts.append(part)
-            size -= len(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._read(size, False)
 
     def readline(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = sys.maxsize
-        parts = []
-        while size > 0:
-            part = self._read_part(size, True)
-            if not part:
-                break
-            parts.append(part)
-            size -= len(part)
-            if part[-1:] == b"\n":
-                break
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return self._read(size, True)
 
     def readlines(self, hint: int = -1) -> list:
         lines, total = [], 0
@@ -690,39 +721,15 @@ class FixedLengthInput(_BodyInput):
         if length:
             self._on_first_read = on_first_read
 
-    def _read_part(self, limit: int, line: bool) -> bytes:
-        if self.error is not None:
-            raise self.error
-        if self.remaining <= 0:
-            return b""
+    def _read_more(self, limit: int, line: bool) -> bytes:
         limit = min(limit, self.remaining)
-        try:
-            if self._on_first_read is not None:
-                self._on_first_read()
-                self._on_first_read = None
-            data = self.reader.read_line(limit) if line else self.reader.read_some(limit)
-        except socket.timeout:
-            self._fail(HTTPError(408, "the request body stopped arriving (client_timeout)"))
-        except OSError as exc:
-            self._fail(ClientDisconnected("reading the request body: %s" % exc))
+        data = self.reader.read_line(limit) if line else self.reader.read_some(limit)
         if not data:
-            self._fail(ClientDisconnected("the client closed the connection with %d body bytes unsent"
-                                          % self.remaining))
+            raise ClientDisconnected("the client closed the connection with %d body bytes unsent"
+                                     % self.remaining)
         self.remaining -= len(data)
-        if self.remaining == 0:
-            self.finished = True
+        self.finished = self.remaining == 0
         return data
-
-    def drain(self, limit: int) -> bool:
-        """Read and discard the rest of the body if it is at most ``limit`` bytes."""
-        if self.remaining > limit or self._on_first_read is not None or self.error:
-            return self.finished
-        try:
-            while self._read_part(MAX_RECV_SIZE, False):
-                pass
-        except (ClientDisconnected, HTTPError):
-            return False
-        return True
 
 
 class ChunkedInput(_BodyInput):
@@ -735,35 +742,20 @@ class ChunkedInput(_BodyInput):
         self.received = 0
         self._on_first_read = on_first_read
 
-    def _read_part(self, limit: int, line: bool) -> bytes:
-        try:
-            if self.error is not None:
-                raise self.error
-            if self.chunk_left == 0:
-                if self.finished:
-                    return b""
-                if self._on_first_read is not None:
-                    self._on_first_read()
-                    self._on_first_read = None
-                self._start_chunk()
-                if self.finished:
-                    return b""
-            limit = min(limit, self.chunk_left)
-            reader = self.reader
-            data = reader.read_line(limit) if line else reader.read_some(limit)
-            if not data:
-                raise ClientDisconnected("the client closed the connection mid-chunk")
-            self.chunk_left -= len(data)
-            if self.chunk_left == 0 and reader.read_exact(2) != b"\r\n":
-                raise HTTPError(400, "chunk data not followed by CRLF")
-            return data
-        except (HTTPError, ClientDisconnected) as exc:
-            self._fail(exc)
-        except socket.timeout:
-            self._fail(HTTPError(408, "the request body stopped arriving (client_timeout)"))
-        except OSError as exc:
-            self._fail(ClientDisconnected("reading the request body: %s" % exc))
-
+    def _read_more(self, limit: int, line: bool) -> bytes:
+        if self.chunk_left == 0:
+            self._start_chunk()
+            if self.finished:
+                return b""
+        limit = min(limit, self.chunk_left)
+        reader = self.reader
+        data = reader.read_line(limit) if line else reader.read_some(limit)
+        if not data:
+            raise ClientDisconnected("the client closed the connection mid-chunk")
+        self.chunk_left -= len(data)
+        if self.chunk_left == 0 and reader.read_exact(2) != b"\r\n":
+            raise HTTPError(400, "chunk data not followed by CRLF")
+        return data
     def _start_chunk(self):
         line = self.reader.read_line(MAX_CHUNK_LINE)
         if not line.endswith(b"\n"):
@@ -801,17 +793,6 @@ class ChunkedInput(_BodyInput):
                 raise HTTPError(400, "%s is not allowed in a trailer (RFC 9110 §6.5.1)"
                                 % name.decode("ascii"))
 
-    def drain(self, limit: int) -> bool:
-        """Read and discard at most ``limit`` more bytes of body; True if it ended."""
-        if self._on_first_read is not None or self.error:
-            return self.finished
-        try:
-            while not self.finished and limit > 0:
-                limit -= len(self._read_part(min(limit, MAX_RECV_SIZE), False))
-        except (ClientDisconnected, HTTPError):
-            return False
-        return self.finished
-
 
 class FileWrapper:
     """PEP 3333 ``wsgi.file_wrapper``: a file sent in blocks.
@@ -839,8 +820,9 @@ class FileWrapper:
 # 5. The WSGI environ
 # =============================================================================
 # PEP 3333, "environ Variables". The parts that are the same for every request
-# of a transport are built once (base_environ); a request copies them and adds
-# its own. PATH_INFO and SCRIPT_NAME are percent-decoded and carried as
+# of a transport are built once (base_environ), and those of a connection
+# (REMOTE_ADDR, REMOTE_PORT) once per connection; a request copies them and
+# adds its own. PATH_INFO and SCRIPT_NAME are percent-decoded and carried as
 # latin-1 "bytes in a str", as PEP 3333 asks of every environ string.
 
 def build_base_environ(server_name: str, server_port: int, url_scheme: str = "http") -> dict:
@@ -869,8 +851,12 @@ def decode_path(path: str) -> str:
 
 
 def build_environ(base: dict, head: RequestHead, script_name: str, path_info: str,
-                  query: str, wsgi_input, remote: tuple) -> dict:
-    """The environ of one request (PEP 3333); nothing here does I/O."""
+                  query: str, wsgi_input) -> dict:
+    """The environ of one request (PEP 3333); nothing here does I/O.
+
+    ``base`` holds the keys of the transport and the connection; see
+    build_base_environ.
+    """
     environ = base.copy()
     environ.update(head.fields)
     environ["REQUEST_METHOD"] = head.method
@@ -879,8 +865,6 @@ def build_environ(base: dict, head: RequestHead, script_name: str, path_info: st
     environ["QUERY_STRING"] = query
     environ["SERVER_PROTOCOL"] = "HTTP/1.1" if head.version == (1, 1) else "HTTP/1.0"
     environ["REQUEST_URI"] = environ["RAW_URI"] = head.target   # as gunicorn and uWSGI give them
-    environ["REMOTE_ADDR"] = remote[0]
-    environ["REMOTE_PORT"] = str(remote[1])
     environ["wsgi.input"] = wsgi_input
     return environ
 
@@ -893,9 +877,9 @@ def build_environ(base: dict, head: RequestHead, script_name: str, path_info: st
 # sent -- a CR or LF in a header would let the app's input split the response
 # (response splitting) -- so a bad header is an exception in the app, a 500.
 # The head goes out with the first non-empty body chunk, in one send (for
-# bodies up to 64 KiB); a body
-# given whole (a list) gets a Content-Length, a streamed one is chunked on
-# HTTP/1.1 and close-delimited on HTTP/1.0.
+# bodies up to 64 KiB). A body given whole (a list or tuple, or any iterable
+# of len() 1) gets a Content-Length; a streamed one is chunked on HTTP/1.1 and
+# close-delimited on HTTP/1.0.
 
 class ResponseHead:
     """What start_response was given, validated and serialized (but the framing)."""
@@ -993,6 +977,17 @@ def date_line() -> bytes:
 
 
 _SERVER_LINE = b"Server: %s\r\n" % SERVER_SOFTWARE.encode("ascii")
+
+
+def _check_chunk(chunk):
+    if type(chunk) is not bytes:
+        raise TypeError("the app's iterable gave %s; WSGI bodies are bytes (PEP 3333)"
+                        % type(chunk).__name__)
+
+
+def plain_text_body(status: int, text: str) -> bytes:
+    """The body of an answer the server makes itself: status line, then the detail."""
+    return ("%d %s\n%s\n" % (status, _STATUS_PHRASES.get(status, "Error"), text)).encode("utf-8", "replace")
 
 
 class Response:
@@ -1133,9 +1128,7 @@ class Response:
                 result = list(result)
         if type(result) is list or type(result) is tuple:
             for chunk in result:
-                if type(chunk) is not bytes:
-                    raise TypeError("the app's iterable gave %s; WSGI bodies are bytes (PEP 3333)"
-                                    % type(chunk).__name__)
+                _check_chunk(chunk)
             body = result[0] if len(result) == 1 else b"".join(result)
             if self.headers_set is None:
                 raise AssertionError("the app returned without calling start_response()")
@@ -1153,9 +1146,7 @@ class Response:
             pass
         else:
             for chunk in result:
-                if type(chunk) is not bytes:
-                    raise TypeError("the app's iterable gave %s; WSGI bodies are bytes (PEP 3333)"
-                                    % type(chunk).__name__)
+                _check_chunk(chunk)
                 if chunk:
                     self.write(chunk)
         self.finish()
@@ -1202,7 +1193,7 @@ class Response:
 
     def send_simple(self, code: int, text: str, fields=()):
         """A response made by the server itself (404, 426, 500...): plain text."""
-        body = ("%d %s\n%s\n" % (code, _STATUS_PHRASES.get(code, ""), text)).encode("utf-8", "replace")
+        body = plain_text_body(code, text)
         block = b"Content-Type: text/plain; charset=utf-8\r\n"
         for name, value in fields:
             block += ("%s: %s\r\n" % (name, value)).encode("latin-1")
@@ -1224,7 +1215,7 @@ def send_all(sock, data: bytes):
 def build_error_response(status: int, detail: str, fields=()) -> bytes:
     """The bytes of an error answer to a request the server could not accept."""
     phrase = _STATUS_PHRASES.get(status, "Error")
-    body = ("%d %s\n%s\n" % (status, phrase, detail)).encode("utf-8", "replace")
+    body = plain_text_body(status, detail)
     return b"".join((
         b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
@@ -1254,6 +1245,8 @@ class HTTPConnection:
         self.sock = sock
         self.client_address = client_address if isinstance(client_address, tuple) else ("", 0)
         self.reader = SocketReader(sock)
+        self.base_environ = dict(transport.base_environ, REMOTE_ADDR=self.client_address[0],
+                                 REMOTE_PORT=str(self.client_address[1]))
         self.handling = False       # a request is being served
         self.linger = False         # the client may still be sending: close slowly
         self.response = None
@@ -1326,7 +1319,7 @@ class HTTPConnection:
         if connection is None:
             keep_alive = version == (1, 1)
         else:
-            tokens = [t.strip(" \t").lower() for t in connection.split(",")]
+            tokens = parse_tokens(connection)
             keep_alive = ("close" not in tokens) if version == (1, 1) else ("keep-alive" in tokens)
         on_first_read = None
         expect = fields.get("HTTP_EXPECT")
@@ -1346,8 +1339,7 @@ class HTTPConnection:
         else:
             path_info = decode_path(path)
             service, script_name, path_info = transport.resolve(path_info)
-        environ = build_environ(transport.base_environ, head, script_name, path_info,
-                                query, body, self.client_address)
+        environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
         try:
             if service is None:
                 if path == "*":
@@ -1452,23 +1444,19 @@ def websocket_accept(key: str) -> str:
 _UPGRADE_FIELDS = (("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"))
 
 
-def _tokens(value: str) -> list:
-    return [t.strip(" \t").lower() for t in value.split(",")]
-
-
 def check_websocket_handshake(environ: dict, options: WebSocketOptions):
     """Check an opening handshake (RFC 6455 §4.2.1); return (accept, subprotocol).
 
     Raises HTTPError: 426 without "Upgrade: websocket" or with a version
     other than 13, 403 for an origin not allowed, 400 for anything else.
     """
-    if "websocket" not in _tokens(environ.get("HTTP_UPGRADE", "")):
+    if "websocket" not in parse_tokens(environ.get("HTTP_UPGRADE", "")):
         raise HTTPError(426, "this is a WebSocket endpoint: send Upgrade: websocket", _UPGRADE_FIELDS)
     if environ["REQUEST_METHOD"] != "GET":
         raise HTTPError(400, "a WebSocket handshake is a GET, not %s" % environ["REQUEST_METHOD"])
     if environ["SERVER_PROTOCOL"] != "HTTP/1.1":
         raise HTTPError(400, "a WebSocket handshake needs HTTP/1.1")
-    if "upgrade" not in _tokens(environ.get("HTTP_CONNECTION", "")):
+    if "upgrade" not in parse_tokens(environ.get("HTTP_CONNECTION", "")):
         raise HTTPError(400, "a WebSocket handshake needs Connection: Upgrade")
     if environ.get("CONTENT_LENGTH", "0") != "0" or "HTTP_TRANSFER_ENCODING" in environ:
         raise HTTPError(400, "a WebSocket handshake has no body")
@@ -1718,9 +1706,11 @@ class WebSocket:
                 handler(self)
         except ClientDisconnected:
             pass
-        except Exception:
-            log.exception("error in the WebSocket handler of %s", self.channel.path)
+        except BaseException as exc:    # SystemExit from a handler is a handler error too
+            log.error("error in the WebSocket handler of %s", self.channel.path, exc_info=True)
             self.close(CloseCode.INTERNAL_ERROR, "handler error")
+            if isinstance(exc, KeyboardInterrupt):
+                raise
         finally:
             self.channel._remove(self)
             self.close(CloseCode.NORMAL)
@@ -2326,143 +2316,6 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-class WebTransport:
-    """A web transport: where it listens, its path tree, its limits.
-
-    ``serve_connection(sock, address)`` serves one accepted connection in the
-    calling thread; it works on any object with recv/sendall/settimeout, which
-    is how the tests drive it without a network.
-    """
-
-    def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
-                 backlog: int = LISTEN_BACKLOG, shared: bool = False, limits: Limits = None,
-                 access_log: bool = False, where: str = ""):
-        self.root = root
-        self.host = host
-        self.port = port
-        self.family = family
-        self.backlog = backlog
-        self.shared = shared
-        self.limits = limits or DEFAULT_LIMITS
-        self.access_log = access_log
-        self.where = where
-        self.resolve = root.resolve
-        self.base_environ = build_base_environ(self.server_name(), port)
-        # The channels of this transport's websocket paths, by URL path: a WSGI
-        # app broadcasts with environ["wsgihost.channels"]["/ws"].broadcast(...).
-        self.channels = {}
-        for path, service in root.services():
-            if service.kind == "websocket":
-                service.channel.path = path
-                self.channels[path] = service.channel
-        self.base_environ["wsgihost.channels"] = self.channels
-        self.stopping = False
-        self.server = None
-        self.connections = set()
-        self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)
-
-    def server_name(self) -> str:
-        if self.host and self.host not in ("0.0.0.0", "::"):
-            return self.host
-        return socket.gethostname()
-
-    def serve_connection(self, sock, client_address):
-        conn = HTTPConnection(self, sock, client_address)
-        with self.lock:
-            self.connections.add(conn)
-        try:
-            conn.serve()
-            if conn.linger:
-                lingering_close(sock)
-        finally:
-            with self.lock:
-                self.connections.discard(conn)
-                self.idle.notify_all()
-
-    def urls(self) -> list:
-        host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
-        if ":" in host:
-            host = "[%s]" % host
-        urls = []
-        for path, service in self.root.services():
-            scheme = "ws" if service.kind == "websocket" else "http"
-            what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
-            urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
-        return urls
-
-    def address(self) -> str:
-        host = self.host or "*"
-        return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
-
-    def begin_stop(self):
-        """Stop taking requests: WebSockets get 1001, idle connections are closed."""
-        self.stopping = True
-        for channel in self.channels.values():
-            channel.close_all(CloseCode.GOING_AWAY, "server shutting down")    # RFC 6455 §7.4.1
-        self._close_idle()
-
-    def _close_idle(self):
-        # An idle connection waits in recv(); shutting its reading side ends the
-        # wait. One whose request has begun is left to finish (with Connection: close).
-        with self.lock:
-            for conn in list(self.connections):
-                if not conn.busy:
-                    _shutdown_socket(conn.sock, socket.SHUT_RD)
-
-    def finish_stop(self, deadline: float):
-        """Wait until ``deadline`` (time.monotonic()) for connections to end; then cut them."""
-        while True:
-            self._close_idle()              # including those whose request just ended
-            with self.lock:
-                if not self.connections:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    for conn in self.connections:
-                        _shutdown_socket(conn.sock, socket.SHUT_RDWR)
-                    break
-                self.idle.wait(min(remaining, 0.1))
-        if self.server is not None:
-            self.server.pool.shutdown()
-
-    def stop(self, grace: float):
-        """Stop serving: idle connections close now, busy ones after their response."""
-        self.begin_stop()
-        self.finish_stop(time.monotonic() + grace)
-
-
-def lingering_close(sock):
-    """RFC 9112 §9.6: stop sending, then read and discard for a while before closing.
-
-    Closing a socket with unread data makes the kernel send a TCP reset, and
-    a client still uploading (to a 413, say) would get the reset instead of
-    the answer waiting in its receive buffer.
-    """
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_TIME
-        received = 0
-        while received < LINGER_SIZE:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            sock.settimeout(remaining)
-            data = sock.recv(MAX_RECV_SIZE)
-            if not data:
-                break
-            received += len(data)
-    except OSError:
-        pass
-
-
-def _shutdown_socket(sock, how):
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass
-
-
 class _Where:
     """A JSON path being validated, and the file it is in, for ConfigError."""
 
@@ -2749,13 +2602,150 @@ def _load_app(where: _Where, service: dict, what: str):
 # =============================================================================
 # 11. The socket server and the node
 # =============================================================================
-# One ThreadingTCPServer per web transport. Its accept loop hands each
-# connection to a pool thread (threads are reused, not created per
-# connection), after taking one of max_connections slots: while none is free
-# nothing is accepted, so further clients wait in the listen backlog, not in
-# the server's memory (socketserver accepts one more before asking, and holds
-# it). A Node is the set of transports of one config, started
-# and stopped together.
+# A WebTransport serves the connections of one web transport and stops them.
+# One ThreadingTCPServer per transport: its accept loop hands each connection
+# to a pool thread (threads are reused, not created per connection), after
+# taking one of max_connections slots: while none is free nothing is accepted,
+# so further clients wait in the listen backlog, not in the server's memory
+# (socketserver accepts one more before asking, and holds it). A Node is the
+# set of transports of one config, started and stopped together.
+
+class WebTransport:
+    """A web transport: where it listens, its path tree, its limits.
+
+    ``serve_connection(sock, address)`` serves one accepted connection in the
+    calling thread; it works on any object with recv/sendall/settimeout, which
+    is how the tests drive it without a network.
+    """
+
+    def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
+                 backlog: int = LISTEN_BACKLOG, shared: bool = False, limits: Limits = None,
+                 access_log: bool = False, where: str = ""):
+        self.root = root
+        self.host = host
+        self.port = port
+        self.family = family
+        self.backlog = backlog
+        self.shared = shared
+        self.limits = limits or DEFAULT_LIMITS
+        self.access_log = access_log
+        self.where = where
+        self.resolve = root.resolve
+        self.base_environ = build_base_environ(self.server_name(), port)
+        # The channels of this transport's websocket paths, by URL path: a WSGI
+        # app broadcasts with environ["wsgihost.channels"]["/ws"].broadcast(...).
+        self.channels = {}
+        for path, service in root.services():
+            if service.kind == "websocket":
+                service.channel.path = path
+                self.channels[path] = service.channel
+        self.base_environ["wsgihost.channels"] = self.channels
+        self.stopping = False
+        self.server = None
+        self.connections = set()
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+
+    def server_name(self) -> str:
+        if self.host and self.host not in ("0.0.0.0", "::"):
+            return self.host
+        return socket.gethostname()
+
+    def serve_connection(self, sock, client_address):
+        conn = HTTPConnection(self, sock, client_address)
+        with self.lock:
+            self.connections.add(conn)
+        try:
+            conn.serve()
+            if conn.linger:
+                lingering_close(sock)
+        finally:
+            with self.lock:
+                self.connections.discard(conn)
+                self.idle.notify_all()
+
+    def urls(self) -> list:
+        host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
+        if ":" in host:
+            host = "[%s]" % host
+        urls = []
+        for path, service in self.root.services():
+            scheme = "ws" if service.kind == "websocket" else "http"
+            what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
+            urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
+        return urls
+
+    def address(self) -> str:
+        host = self.host or "*"
+        return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
+
+    def begin_stop(self):
+        """Stop taking requests: WebSockets get 1001, idle connections are closed."""
+        self.stopping = True
+        for channel in self.channels.values():
+            channel.close_all(CloseCode.GOING_AWAY, "server shutting down")    # RFC 6455 §7.4.1
+        self._close_idle()
+
+    def _close_idle(self):
+        # An idle connection waits in recv(); shutting its reading side ends the
+        # wait. One whose request has begun is left to finish (with Connection: close).
+        with self.lock:
+            for conn in list(self.connections):
+                if not conn.busy:
+                    _shutdown_socket(conn.sock, socket.SHUT_RD)
+
+    def finish_stop(self, deadline: float):
+        """Wait until ``deadline`` (time.monotonic()) for connections to end; then cut them."""
+        while True:
+            self._close_idle()              # including those whose request just ended
+            with self.lock:
+                if not self.connections:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    for conn in self.connections:
+                        _shutdown_socket(conn.sock, socket.SHUT_RDWR)
+                    break
+                self.idle.wait(min(remaining, 0.1))
+        if self.server is not None:
+            self.server.pool.shutdown()
+
+    def stop(self, grace: float):
+        """Stop serving: idle connections close now, busy ones after their response."""
+        self.begin_stop()
+        self.finish_stop(time.monotonic() + grace)
+
+
+def lingering_close(sock):
+    """RFC 9112 §9.6: stop sending, then read and discard for a while before closing.
+
+    Closing a socket with unread data makes the kernel send a TCP reset, and
+    a client still uploading (to a 413, say) would get the reset instead of
+    the answer waiting in its receive buffer.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_TIME
+        received = 0
+        while received < LINGER_SIZE:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            data = sock.recv(MAX_RECV_SIZE)
+            if not data:
+                break
+            received += len(data)
+    except OSError:
+        pass
+
+
+def _shutdown_socket(sock, how):
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+
 
 class ThreadPool:
     """Threads that serve connections; an idle one waits for the next.
