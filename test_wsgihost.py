@@ -974,20 +974,60 @@ class KeepAliveTests(unittest.TestCase):
                 resp = split_responses(run_raw(hello_app, request, max_head_size=200))
                 self.assertEqual(resp[0].status, status)
 
-    def test_max_connections_makes_further_clients_wait(self):
-        node, port = start_node(hello_app, max_connections=2, client_timeout=5)
+    def test_max_connections_all_busy_newcomers_wait_in_the_backlog(self):
+        release = threading.Event()
+        entered = []
+
+        def app(environ, start_response):
+            entered.append(1)
+            release.wait(10)
+            start_response("200 OK", TEXT)
+            return [b"done"]
+        node, port = start_node(app, max_connections=2, client_timeout=10)
         self.addCleanup(node.stop, 0)
-        first = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        self.addCleanup(release.set)
+        busy = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        for sock in busy:
+            self.addCleanup(sock.close)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while len(entered) < 2:                     # both connections are being served
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
         waiting = socket.create_connection(("127.0.0.1", port), timeout=5)   # in the backlog
         self.addCleanup(waiting.close)
         waiting.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         waiting.settimeout(0.5)
         with self.assertRaises(socket.timeout):
-            waiting.recv(4096)                      # not served while both slots are taken
-        first[0].close()
-        waiting.settimeout(5)
+            waiting.recv(4096)                      # not served while both are busy
+        self.assertEqual(len(entered), 2)
+        release.set()
+        waiting.settimeout(10)
         self.assertTrue(waiting.recv(4096).startswith(b"HTTP/1.1 200 OK"))
-        first[1].close()
+        for sock in busy:
+            self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+
+    def test_max_connections_the_longest_idle_connection_makes_room(self):
+        node, port = start_node(hello_app, max_connections=2, client_timeout=30)
+        self.addCleanup(node.stop, 0)
+        oldest = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(oldest.close)
+        deadline = time.monotonic() + 10
+        while len(node.transports[0].connections) < 1:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        younger = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(younger.close)
+        while len(node.transports[0].connections) < 2:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(fresh.close)
+        fresh.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(fresh.recv(4096).startswith(b"HTTP/1.1 200 OK"))     # served at once
+        self.assertEqual(oldest.recv(4096), b"")                            # closed for it
+        younger.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(younger.recv(4096).startswith(b"HTTP/1.1 200 OK"))   # still open
 
     def test_lf_only_request_rejected(self):
         self.assertEqual(split_responses(run_raw(hello_app, b"GET / HTTP/1.1\nHost: a\n\n"))[0].status, 400)
@@ -1216,30 +1256,50 @@ class AppErrorTests(unittest.TestCase):
         self.assertEqual(closed, [True])
 
 
-class FairSemaphoreTests(unittest.TestCase):
+class GateTests(unittest.TestCase):
+    """maxthreads: requests over it wait in the waiting room, in arrival order, with no thread."""
 
     def test_waiters_served_in_arrival_order(self):
-        sem = wsgihost.FairSemaphore(1)
-        sem.acquire()
+        release = threading.Event()
         order = []
 
-        def waiter(i):
-            sem.acquire()
-            order.append(i)
-            sem.release()
-        threads = []
-        for i in range(5):
-            t = threading.Thread(target=waiter, args=(i,))
-            t.start()
-            threads.append(t)
-            while len(sem._waiters) < i + 1:     # wait until it queues: arrival order is i
-                time.sleep(0.001)
-        sem.release()
-        for t in threads:
-            t.join(5)
-        self.assertEqual(order, [0, 1, 2, 3, 4])
-        sem.acquire()       # all slots back: one is free again
-        sem.release()
+        def app(environ, start_response):
+            if environ["PATH_INFO"] == "/first":
+                release.wait(10)
+            order.append(environ["PATH_INFO"])
+            start_response("200 OK", TEXT)
+            return [b"ok"]
+        service = wsgihost.WSGIService(app, "test:app", maxthreads=1)
+        transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0)
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        self.addCleanup(release.set)
+        entered = threading.Event()
+        inner = app
+
+        def app(environ, start_response):
+            entered.set()
+            return inner(environ, start_response)
+        service.app = app
+        socks = []
+        threads_serving_one = None
+        for i, path in enumerate(["/first", "/0", "/1", "/2", "/3"]):
+            sock = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+            self.addCleanup(sock.close)
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path.encode())
+            socks.append(sock)
+            if threads_serving_one is None:
+                self.assertTrue(entered.wait(10))
+                threads_serving_one = threading.active_count()
+            deadline = time.monotonic() + 10
+            while len(service.gate.waiting) < i:    # queued: its arrival order is i
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.005)
+        self.assertLessEqual(threading.active_count(), threads_serving_one)   # no thread each
+        release.set()
+        for sock in socks:
+            self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(order, ["/first", "/0", "/1", "/2", "/3"])
 
 
 class ResponseHeadTests(unittest.TestCase):
@@ -2408,7 +2468,7 @@ class ConfigTests(unittest.TestCase):
                                '"client_timout" (expected one of: access_log, client_timeout, '
                                'display_tracebacks, hsts, hsts_max_age, max_body_size, max_connections, '
                                'max_head_size, max_header_fields, max_header_line, max_request_line, '
-                               'shutdown_grace)')
+                               'queue_timeout, shutdown_grace)')
         self.assertConfigError(web_config({}, options={"max_body_size": "1M"}),
                                '.crossbar/config.json: workers[0].transports[0].options.max_body_size: '
                                'expected a positive integer or null, got a string "1M"')

@@ -58,6 +58,7 @@ import base64
 import codecs
 import collections
 import enum
+import errno
 import fnmatch
 import hashlib
 import http
@@ -67,6 +68,7 @@ import logging
 import os
 import queue
 import re
+import selectors
 import signal
 import socket
 import socketserver
@@ -118,9 +120,12 @@ MAX_BODY_SIZE = None
 #: of up to SEND_SLICE bytes, may wait. Answer: the connection is closed (after
 #: a 408 if a request had begun).
 CLIENT_TIMEOUT = 60.0
-#: Connections served at once by one transport; further ones wait in the
-#: listen backlog until a slot frees up.
-MAX_CONNECTIONS = 1000
+#: Open connections of one transport, idle ones included: a bound on memory
+#: (an idle connection costs about 3 KiB and no thread). When all are open,
+#: the one waiting longest for a request is closed to make room; when all are
+#: being served, newcomers wait in the listen backlog. Each takes a file
+#: descriptor: the soft open-files limit is raised to the hard one at start.
+MAX_CONNECTIONS = 10000
 #: Listen backlog. socketserver's default of 5 drops connections in a burst;
 #: the kernel caps this at net.core.somaxconn (4096 on current Linux).
 LISTEN_BACKLOG = 1024
@@ -165,6 +170,19 @@ MAX_COALESCED_BODY = 64 * 1024
 SEND_SLICE = 256 * 1024
 #: An idle pool thread exits after this many seconds without a connection.
 IDLE_THREAD_TIMEOUT = 60.0
+#: Seconds a request may wait for a slot in its app (a wsgi path's
+#: maxthreads) before it is answered 503 with Retry-After. A client that
+#: leaves meanwhile is noticed at once and its request dropped.
+QUEUE_TIMEOUT = 30.0
+#: The waiting room wakes at least this often (seconds) to expire deadlines.
+ROOM_TICK = 0.5
+#: Connections accepted per wake-up of the waiting room, so that a burst of
+#: connects does not keep it from the connections already open.
+ACCEPT_BURST = 64
+#: Seconds the waiting room stops accepting after running out of file
+#: descriptors (EMFILE), instead of spinning on a listening socket that stays
+#: readable.
+ACCEPT_BACKOFF = 0.5
 
 SERVER_SOFTWARE = "wsgihost/" + __version__
 
@@ -492,12 +510,11 @@ def parse_chunk_size(line: bytes) -> int:
 class SocketReader:
     """The bytes received from one socket, with a buffer; knows nothing of HTTP."""
 
-    __slots__ = ("sock", "buffer", "receiving")
+    __slots__ = ("sock", "buffer")
 
     def __init__(self, sock, buffer: bytes = b""):
         self.sock = sock
         self.buffer = buffer
-        self.receiving = False      # a request head has begun to arrive
 
     def read_some(self, limit: int) -> bytes:
         """Up to ``limit`` bytes, at least one unless the peer closed (then b"")."""
@@ -547,54 +564,61 @@ class SocketReader:
         return b"".join(parts)
 
 
-def read_request_head(reader: SocketReader, limits: Limits):
-    """Receive one request head; return its bytes without the empty line.
-
-    None: the client closed, or stayed idle for ``client_timeout``, before
-    sending a byte of a request. HTTPError: 408 when a head did not complete
-    within ``client_timeout`` of its first byte, 414/431 when it outgrows its
-    limits, 400 for bare LF line endings.
-    """
-    buffer = reader.buffer
+def strip_empty_lines(buffer):
+    """RFC 9112 §2.2: a server SHOULD ignore empty lines received before a request."""
     if buffer[:1] in (b"\r", b"\n"):
-        buffer = buffer.lstrip(b"\r\n")        # RFC 9112 §2.2: empty lines before a request
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        buffer = _receive_head(reader, buffer, limits)
-        if buffer is None:
-            return None
-        end = buffer.find(b"\r\n\r\n")
-    if end + 4 > limits.max_head_size:          # it may have come whole in one recv()
-        raise HTTPError(431, "request head of %d bytes, over the limit of %d"
-                        % (end + 4, limits.max_head_size))
-    reader.buffer = bytes(buffer[end + 4:])
-    return bytes(buffer[:end])
+        return buffer.lstrip(b"\r\n")
+    return buffer
 
 
-def _receive_head(reader: SocketReader, buffer, limits: Limits):
-    """recv() until the buffer holds a whole head; the slow path of read_request_head.
+def scan_request_head(buffer, searched: int, limits: Limits):
+    """Find where the request head at the start of ``buffer`` ends.
 
-    The buffer grows as a bytearray and only new bytes are searched, so a
-    head trickling in byte by byte costs linear time. Once any byte has come
-    (an empty line too), the rest must come within client_timeout: each
-    recv() waits only what is left (slowloris).
+    Returns ``(end, searched)``: ``end`` is the index just past the head's
+    empty line, or -1 while the head is incomplete; ``searched`` is where the
+    next call may resume, so a head that trickles in byte by byte costs
+    linear time, not quadratic. Raises HTTPError as soon as the bytes so far
+    prove the head bad: 414 or 431 when it outgrows its limits (before it is
+    complete: nothing over the limit is ever buffered for long), 400 for
+    bare LF line endings. ``buffer`` starts with the request line (see
+    strip_empty_lines). Pure: both the waiting room and read_request_head
+    call it after each recv().
+    """
+    end = buffer.find(b"\r\n\r\n", max(0, searched - 3))
+    if end >= 0:
+        if end + 4 > limits.max_head_size:      # it may have come whole in one recv()
+            raise HTTPError(431, "request head of %d bytes, over the limit of %d"
+                            % (end + 4, limits.max_head_size))
+        return end + 4, end + 4
+    if len(buffer) > limits.max_head_size:
+        raise HTTPError(431, "request head over the limit of %d bytes" % limits.max_head_size)
+    if (len(buffer) > limits.max_request_line + 1
+            and buffer.find(b"\r\n", 0, limits.max_request_line + 2) < 0):
+        raise HTTPError(414, "request line over the limit of %d bytes" % limits.max_request_line)
+    if buffer.find(b"\n\n", max(0, searched - 1)) >= 0:
+        raise HTTPError(400, "bare LF line endings (HTTP/1.1 needs CRLF)")
+    return -1, len(buffer)
+
+
+def read_request_head(reader: SocketReader, limits: Limits):
+    """Receive one request head, blocking; return its bytes without the empty line.
+
+    The one-thread way to wait for a request (HTTPConnection.serve, used to
+    drive a connection without a server, as the tests do); a server's
+    connections wait in the waiting room instead (section 11), which scans
+    with the same function. None: the client closed, or stayed idle for
+    ``client_timeout``, before sending a byte of a request. HTTPError: 408
+    when a head did not complete within ``client_timeout`` of its first
+    byte (slowloris), and what scan_request_head raises.
     """
     sock = reader.sock
+    buffer = strip_empty_lines(reader.buffer)
+    end, searched = scan_request_head(buffer, 0, limits)
     deadline = None
-    searched = 0
-    request_line_seen = False
     try:
-        while True:
-            if len(buffer) > limits.max_head_size:
-                raise HTTPError(431, "request head over the limit of %d bytes" % limits.max_head_size)
-            if not request_line_seen:
-                request_line_seen = buffer.find(b"\r\n", 0, limits.max_request_line + 2) >= 0
-                if not request_line_seen and len(buffer) > limits.max_request_line + 1:
-                    raise HTTPError(414, "request line over the limit of %d bytes"
-                                    % limits.max_request_line)
-            if buffer.find(b"\n\n", max(0, searched - 1)) >= 0:
-                raise HTTPError(400, "bare LF line endings (HTTP/1.1 needs CRLF)")
-            searched = max(0, len(buffer) - 3)
+        while end < 0:
+            if deadline is None and buffer:
+                deadline = time.monotonic() + limits.client_timeout
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -602,21 +626,19 @@ def _receive_head(reader: SocketReader, buffer, limits: Limits):
                 sock.settimeout(remaining)
             data = sock.recv(RECV_SIZE)
             if not data:
-                return None         # closed by the client, before or in the middle of a head
+                return None     # closed by the client, before or in the middle of a head
             if deadline is None:
                 deadline = time.monotonic() + limits.client_timeout
-                reader.receiving = True
             if not buffer:
                 buffer = data
             else:
                 if type(buffer) is not bytearray:
-                    buffer = bytearray(buffer)
+                    buffer = bytearray(buffer)      # grown in place: linear time
                 buffer += data
             if buffer[:1] in (b"\r", b"\n"):
-                buffer = buffer.lstrip(b"\r\n")
-                searched = request_line_seen = 0
-            if buffer.find(b"\r\n\r\n", searched) >= 0:
-                return buffer
+                buffer = strip_empty_lines(buffer)
+                searched = 0
+            end, searched = scan_request_head(buffer, searched, limits)
     except socket.timeout:
         if buffer:
             raise HTTPError(408, "request head not complete within %gs"
@@ -625,6 +647,8 @@ def _receive_head(reader: SocketReader, buffer, limits: Limits):
     finally:
         if deadline is not None:
             sock.settimeout(limits.client_timeout)
+    reader.buffer = bytes(buffer[end:])
+    return bytes(buffer[:end - 4])
 
 
 class _BodyInput:
@@ -1226,19 +1250,49 @@ def build_error_response(status: int, detail: str, fields=()) -> bytes:
 
 
 # =============================================================================
-# 7. The connection: one thread, many requests
+# 7. The connection: one request at a time
 # =============================================================================
-# A connection is served by one thread from accept to close: read a head,
-# parse it, dispatch it, run the app, send the response, drain what is left
-# of the body, and go on while the connection is persistent (RFC 9112 §9.3).
-# Any HTTPError closes the connection after its answer: once a message has
-# been misread, no later byte on that connection can be trusted.
+# A connection's life is a sequence of steps, each serving one request and
+# saying what comes next (Next): KEEP the connection for another request
+# (RFC 9112 §9.3), CLOSE it, or LINGER -- stop sending, then read and discard
+# what the client still sends for a while before closing (§9.6), because the
+# client may still be sending a body nobody will read. This is the one place
+# where persistence is decided.
+#
+# A step is split in two: prepare() parses and checks the head and finds the
+# service (cheap, never blocks -- the waiting room of section 11 runs it as
+# soon as a head is complete, to know which app's queue the request joins),
+# and run() serves it in a pool thread: the app, the response, draining the
+# body. Any HTTPError closes the connection after its answer (refuse()): once
+# a message has been misread, no later byte on that connection can be trusted.
+# serve() strings the steps together in one thread, blocking; that is how a
+# connection is driven without a server (the tests feed it a fake socket).
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+class Next(enum.Enum):
+    """What a connection does after a request."""
+    KEEP = "keep"           # persistent: wait for the next request
+    CLOSE = "close"         # close now (the client is gone, or will not send more)
+    LINGER = "linger"       # the client may still be sending: close slowly (lingering_close)
+
+
+class Request:
+    """A request whose head has been accepted: what prepare() found, for run()."""
+
+    __slots__ = ("head", "service", "environ", "response", "body")
+
+    def __init__(self, head, service, environ, response, body):
+        self.head = head            # RequestHead
+        self.service = service      # where it goes: a WSGIService, WebSocketService...
+        self.environ = environ
+        self.response = response
+        self.body = body            # FixedLengthInput or ChunkedInput
+
+
 class HTTPConnection:
-    """Serves the requests of one client connection, in the calling thread."""
+    """One client connection: its socket, the bytes received, and its steps."""
 
     def __init__(self, transport: WebTransport, sock, client_address):
         self.transport = transport
@@ -1247,59 +1301,57 @@ class HTTPConnection:
         self.reader = SocketReader(sock)
         self.base_environ = dict(transport.base_environ, REMOTE_ADDR=self.client_address[0],
                                  REMOTE_PORT=str(self.client_address[1]))
-        self.handling = False       # a request is being served
-        self.linger = False         # the client may still be sending: close slowly
         self.response = None
+        # The waiting room's bookkeeping (section 11).
+        self.state = None           # WAITING, QUEUED, LINGERING, ACTIVE or CLOSED
+        self.deadline = 0.0         # time.monotonic() when the present wait ends
+        self.searched = 0           # bytes of the buffer scan_request_head has looked at
+        self.registered = False     # in the selector
+        self.receiving = False      # a request head has begun to arrive
+        self.discarded = 0          # bytes read and thrown away while lingering
+        self.queued = None          # the Request waiting for its app's slot
 
-    @property
-    def busy(self) -> bool:
-        """A request has begun (see WebTransport.stop): not to be cut off."""
-        return self.handling or self.reader.receiving or bool(self.reader.buffer)
-
-    def serve(self):
-        """Serve requests until the connection closes; while stopping, one at most."""
+    def serve(self) -> Next:
+        """Serve requests in the calling thread, blocking, until the connection is done."""
         limits = self.transport.limits
-        reader = self.reader
         self.sock.settimeout(limits.client_timeout)
         while True:
-            self.response = None
-            reader.receiving = False
             try:
-                head_bytes = read_request_head(reader, limits)
+                head_bytes = read_request_head(self.reader, limits)
                 if head_bytes is None:
-                    return
-                self.handling = True
-                head = parse_request_head(head_bytes, limits)
-                if not self.handle_request(head):
-                    return
+                    return Next.CLOSE
+                request = self.prepare(head_bytes)
             except HTTPError as exc:
-                self.send_error(exc)
-                self.linger = True
-                return
-            except OSError as exc:      # client gone or too slow; ClientDisconnected too
+                return self.refuse(exc)
+            except OSError as exc:      # client gone or too slow
                 log.debug("connection from %s closed: %s", self.client_address[0], exc)
-                return
-            finally:
-                self.handling = False
+                return Next.CLOSE
+            next_step = self.run(request)
+            if next_step is not Next.KEEP or self.transport.stopping:
+                return next_step
 
-    def send_error(self, exc: HTTPError):
+    def refuse(self, exc: HTTPError) -> Next:
+        """Answer a request the server could not accept; then the connection lingers."""
         log.debug("%d for %s: %s", exc.status, self.client_address[0], exc.detail)
-        if self.response is not None and self.response.headers_sent:
-            return
-        try:
-            self.sock.sendall(build_error_response(exc.status, exc.detail, exc.fields))
-        except OSError:
-            pass
+        response = self.response
+        if response is None or not response.headers_sent:
+            try:
+                self.sock.sendall(build_error_response(exc.status, exc.detail, exc.fields))
+            except OSError:
+                return Next.CLOSE
+        return Next.LINGER
 
     def _send_continue(self):
         response = self.response
         if response is not None and not response.headers_sent:
             self.sock.sendall(_CONTINUE)
 
-    def handle_request(self, head: RequestHead) -> bool:
-        """Serve one request; True if the connection can carry another."""
+    def prepare(self, head_bytes: bytes) -> Request:
+        """Parse and check a request head, and find its service. Raises HTTPError; no I/O."""
         transport = self.transport
         limits = transport.limits
+        self.response = None
+        head = parse_request_head(head_bytes, limits)
         fields = head.fields
         version = head.version
         path, query, authority = parse_request_target(head.method, head.target)
@@ -1331,34 +1383,35 @@ class HTTPConnection:
             body = ChunkedInput(self.reader, max_body, on_first_read)
         else:
             body = FixedLengthInput(self.reader, length, on_first_read)
-
-        response = self.response = Response(self.sock, head.method, version, keep_alive,
-                                            body, transport)
         if path == "*":
-            service, script_name, path_info = None, "", "*"
+            service, script_name, path_info = transport.own_answers, "", "*"
         else:
-            path_info = decode_path(path)
-            service, script_name, path_info = transport.resolve(path_info)
-        environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
-        try:
+            service, script_name, path_info = transport.resolve(decode_path(path))
             if service is None:
-                if path == "*":
-                    response.send_simple(200, "", [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
-                else:
-                    response.send_simple(404, "nothing is served at %s" % _show(path, 200))
-            else:
-                service.serve(environ, response, self)
-        except ClientDisconnected as exc:
+                service = transport.own_answers
+        response = Response(self.sock, head.method, version, keep_alive, body, transport)
+        environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
+        return Request(head, service, environ, response, body)
+
+    def run(self, request: Request) -> Next:
+        """Serve a prepared request, in the calling thread; say what comes next."""
+        response = self.response = request.response
+        body = request.body
+        try:
+            request.service.serve(request.environ, response, self)
+        except HTTPError as exc:
+            return self.refuse(exc)
+        except OSError as exc:          # ClientDisconnected, a reset, a send timeout
             log.debug("client %s gone: %s", self.client_address[0], exc)
-            return False
+            return Next.CLOSE
         finally:
-            if transport.access_log:
-                self.log_access(environ, response)
+            self.response = None
+            if self.transport.access_log:
+                self.log_access(request.environ, response)
         if not response.keep_alive or body.error is not None or (
                 not body.finished and not body.drain(MAX_DRAIN_SIZE)):
-            self.linger = not body.finished
-            return False
-        return True
+            return Next.CLOSE if body.finished else Next.LINGER
+        return Next.KEEP
 
     def log_access(self, environ: dict, response: Response):
         """One line in Apache's combined log format (quotes and controls escaped, as Apache does)."""
@@ -2057,6 +2110,7 @@ class WebSocketService:
     """A websocket path: the handshake, then a WebSocket run by ``handler`` (or broadcast)."""
 
     kind = "websocket"
+    gate = None             # a WebSocket holds its thread for its whole life: no queue
 
     def __init__(self, path: str = "/", handler=None, options: WebSocketOptions = None,
                  label: str = "broadcast"):
@@ -2132,36 +2186,43 @@ class PathNode:
                 yield prefix + "/" + segment, child
 
 
-class FairSemaphore:
-    """A semaphore that serves waiters strictly in arrival order.
+class Gate:
+    """At most ``slots`` requests in one service at once; the others wait in
+    arrival order, holding no thread.
 
-    threading.Semaphore lets a newcomer take a freed slot ahead of threads
-    already waiting, and a woken waiter that finds the slot gone waits again
-    at the back: under load some requests wait for seconds. Here release()
-    hands the slot directly to the oldest waiter, so waiting is FIFO.
+    The waiting room (section 11) admits a request whose head is complete: it
+    takes a free slot and goes to a pool thread, or joins ``waiting`` and
+    stays parked in the selector (where a client that leaves is noticed, and
+    queue_timeout is kept). A finished request hands its slot straight to the
+    oldest waiter, so waiting is FIFO: nobody is overtaken by a newcomer.
+    Not thread-safe by itself: the waiting room's lock guards every use.
     """
 
+    __slots__ = ("slots", "free", "waiting")
+
     def __init__(self, slots: int):
-        self._lock = threading.Lock()
-        self._free = slots
-        self._waiters = collections.deque()
+        self.slots = slots
+        self.free = slots
+        self.waiting = collections.deque()     # HTTPConnections, oldest first
 
-    def acquire(self):
-        with self._lock:
-            if self._free and not self._waiters:
-                self._free -= 1
-                return
-            waiter = threading.Lock()
-            waiter.acquire()
-            self._waiters.append(waiter)
-        waiter.acquire()            # until release() hands this waiter the slot
 
-    def release(self):
-        with self._lock:
-            if self._waiters:
-                self._waiters.popleft().release()
-            else:
-                self._free += 1
+class OwnAnswers:
+    """The answers the server gives itself: 404 where nothing is mounted,
+    and ``OPTIONS *`` (RFC 9110 §9.3.7), through a gate of their own so
+    that a flood of them costs a few threads at most."""
+
+    kind = "server"
+    label = "server"
+
+    def __init__(self, slots: int = 4):
+        self.gate = Gate(slots)
+
+    def serve(self, environ: dict, response: Response, conn: HTTPConnection):
+        if environ["PATH_INFO"] == "*" and environ["REQUEST_URI"] == "*":
+            response.send_simple(200, "", [("Allow", "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS")])
+        else:
+            response.send_simple(404, "nothing is served at %s"
+                                 % _show(environ["REQUEST_URI"].partition("?")[0], 200))
 
 
 class WSGIService:
@@ -2175,13 +2236,12 @@ class WSGIService:
         self.label = label
         self.minthreads = minthreads
         self.maxthreads = maxthreads
-        self.slots = FairSemaphore(maxthreads)
+        self.gate = Gate(maxthreads)
         self.display_tracebacks = display_tracebacks
 
     def serve(self, environ: dict, response: Response, conn: HTTPConnection):
-        """Run the app for one request; every error is answered or closes the connection."""
-        slots = self.slots
-        slots.acquire()
+        """Run the app for one request (its Gate slot held by the caller);
+        every error is answered or closes the connection."""
         result = None
         body = response.body_input      # not environ["wsgi.input"]: middleware may wrap it
         try:
@@ -2203,7 +2263,6 @@ class WSGIService:
             if isinstance(exc, KeyboardInterrupt):
                 raise
         finally:
-            slots.release()
             close = getattr(result, "close", None)
             if close is not None:
                 try:
@@ -2272,10 +2331,12 @@ WEB_OPTIONS = {
     "max_header_fields": (MAX_HEADER_FIELDS, "size"),
     "max_body_size": (MAX_BODY_SIZE, "size or null"),
     "max_connections": (MAX_CONNECTIONS, "size"),
+    "queue_timeout": (QUEUE_TIMEOUT, "seconds"),
     "shutdown_grace": (SHUTDOWN_GRACE, "seconds"),
 }
 _LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
-                "max_header_fields", "max_body_size", "max_connections", "shutdown_grace")
+                "max_header_fields", "max_body_size", "max_connections", "queue_timeout",
+                "shutdown_grace")
 #: The options of a websocket path, with Crossbar's names and units.
 WEBSOCKET_OPTIONS = {
     "protocols": ([], "strings"),
@@ -2600,22 +2661,510 @@ def _load_app(where: _Where, service: dict, what: str):
 
 
 # =============================================================================
-# 11. The socket server and the node
+# 11. The waiting room: connections that wait, in one selector
 # =============================================================================
-# A WebTransport serves the connections of one web transport and stops them.
-# One ThreadingTCPServer per transport: its accept loop hands each connection
-# to a pool thread (threads are reused, not created per connection), after
-# taking one of max_connections slots: while none is free nothing is accepted,
-# so further clients wait in the listen backlog, not in the server's memory
-# (socketserver accepts one more before asking, and holds it). A Node is the
+# A connection spends most of its life waiting: for its first request, between
+# keep-alive requests, while a head trickles in, for a slot in a busy app.
+# None of that needs a thread. Each transport has one WaitingRoom: one thread
+# running one selector (epoll where there is one; never select(), which
+# breaks past 1,024 descriptors) over the listening socket and every waiting
+# connection. A connection takes a pool thread only once a whole request head
+# has arrived and its app has a free slot, and gives it back after the
+# response: a thread per request being served, not per client.
+#
+# The states of a connection, each with one deadline (OrderedDicts in
+# deadline order, since each state has one timeout; expiry pops their front):
+#
+#   WAITING    in the selector, reading a head          client_timeout: 408/close
+#   QUEUED     whole head, its app's Gate full          queue_timeout: 503
+#   ACTIVE     a pool thread serves it (HTTPConnection.run)
+#   LINGERING  shut for writing, input discarded       LINGER_TIME: close
+#   CLOSED
+#
+#   accept -> WAITING -> (head complete) -> ACTIVE or QUEUED -> ACTIVE
+#   ACTIVE -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
+#          -> Next.LINGER: LINGERING -> CLOSED;  Next.CLOSE: CLOSED
+#
+# max_connections bounds open connections, that is memory: when they are all
+# open, the one that has waited longest gives its place to a newcomer (as
+# nginx reuses idle keep-alive connections); only when every connection is
+# being served do newcomers wait in the listen backlog. A QUEUED client that
+# leaves is noticed at once (its socket turns readable with nothing to read),
+# and its request is dropped before the app sees it. One lock guards the
+# room, its Gates and the selector's registrations, which pool threads make
+# too: an epoll or kqueue takes them while the room's thread sleeps in it.
+
+WAITING, QUEUED, ACTIVE, LINGERING, CLOSED = "waiting", "queued", "active", "lingering", "closed"
+
+
+class WaitingRoom:
+    """The selector loop of one transport: accepts, waits, admits, expires."""
+
+    def __init__(self, transport: WebTransport, server: WSGIServer):
+        self.transport = transport
+        self.limits = limits = transport.limits
+        self.server = server                # accepts (get_request) and closes sockets
+        self.selector = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)   # a connection closed
+        keep = sum(service.minthreads for _, service in transport.root.services()
+                   if service.kind == "wsgi")
+        self.pool = ThreadPool(min(keep, limits.max_connections))
+        self.waiting = collections.OrderedDict()        # conn -> None, oldest deadline first
+        self.queued = collections.OrderedDict()
+        self.lingering = collections.OrderedDict()
+        self._rooms = {WAITING: (self.waiting, limits.client_timeout),
+                       QUEUED: (self.queued, limits.queue_timeout),
+                       LINGERING: (self.lingering, LINGER_TIME)}
+        self.count = 0                      # open connections
+        self.accepting = False              # the listening socket is in the selector
+        self.stopped = False                # no more accepting, ever
+        self.resume_at = None               # EMFILE back-off: accept again at this time
+        self.running = True                 # until shutdown(), which may come before run()
+        self.exited = threading.Event()
+        self._emfile_logged = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # epoll and kqueue take a registration while another thread waits in
+        # them; poll() and select() only see it at their next call.
+        self._live_register = type(self.selector).__name__ in (
+            "EpollSelector", "KqueueSelector", "DevpollSelector")
+
+    # -- the loop: the room's own thread ---------------------------------------
+
+    def run(self):
+        """Accept, receive heads, admit and expire until shutdown()."""
+        selector = self.selector
+        selector.register(self._wake_r, selectors.EVENT_READ, self)
+        with self.lock:
+            self._listen()
+        try:
+            while self.running:
+                events = selector.select(self._timeout())
+                with self.lock:
+                    for key, _ in events:
+                        conn = key.data
+                        try:
+                            if conn is None:
+                                self._accept()
+                            elif conn is self:
+                                self._drain_wakeups()
+                            else:
+                                self._on_readable(conn)
+                        except Exception:
+                            log.exception("unexpected error in the waiting room")
+                            if isinstance(conn, HTTPConnection):
+                                self._close(conn)
+                    self._expire(time.monotonic())
+        finally:
+            with self.lock:
+                self.running = False
+                self._unlisten()
+            selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            self.exited.set()
+
+    def _timeout(self) -> float:
+        """Until the earliest deadline, at most ROOM_TICK (for waits added by pool threads)."""
+        now = time.monotonic()
+        timeout = ROOM_TICK
+        for room, _ in self._rooms.values():
+            if room:
+                timeout = min(timeout, next(iter(room)).deadline - now)
+        if self.resume_at is not None:
+            timeout = min(timeout, self.resume_at - now)
+        return max(timeout, 0.0)
+
+    def wake(self):
+        try:
+            self._wake_w.send(b"x")
+        except OSError:         # full (a wake-up is pending anyway) or closed
+            pass
+
+    def _drain_wakeups(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    # -- accepting ---------------------------------------------------------------
+
+    def _listen(self):
+        if not self.accepting and not self.stopped and self.running:
+            self.selector.register(self.server.socket, selectors.EVENT_READ, None)
+            self.accepting = True
+            self.resume_at = None
+
+    def _unlisten(self):
+        if self.accepting:
+            self.selector.unregister(self.server.socket)
+            self.accepting = False
+
+    def _accept(self):
+        """Accept what the backlog holds (a burst at a time)."""
+        max_connections = self.limits.max_connections
+        for _ in range(ACCEPT_BURST):
+            if self.count >= max_connections and not self.waiting:
+                self._unlisten()        # all busy: newcomers wait in the backlog
+                return
+            try:
+                sock, address = self.server.get_request()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: the listening socket stays readable,
+                    # and accepting again at once would spin a core. Free the
+                    # oldest waiting connection, say so once, and back off.
+                    if not self._emfile_logged:
+                        log.error("cannot accept connections on %s: %s (raise the open files "
+                                  "limit, ulimit -n, or lower max_connections); backing off",
+                                  self.transport.address(), exc.strerror or exc)
+                        self._emfile_logged = True
+                    self._evict_oldest()
+                    self._unlisten()
+                    self.resume_at = time.monotonic() + ACCEPT_BACKOFF
+                else:
+                    log.debug("accept() failed: %s", exc)
+                return
+            if self.count >= max_connections:
+                self._evict_oldest()
+            self._welcome(sock, address)
+
+    def _welcome(self, sock, address):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        conn = HTTPConnection(self.transport, sock, address)
+        self.count += 1
+        self.transport.connections.add(conn)
+        self._move(conn, WAITING)
+
+    def _evict_oldest(self) -> bool:
+        """Close the connection that has waited longest for a request, to make room."""
+        if not self.waiting:
+            return False
+        conn = next(iter(self.waiting))
+        log.debug("max_connections reached: closing the connection of %s, waiting longest",
+                  conn.client_address[0])
+        self._close(conn)
+        return True
+
+    # -- waiting ---------------------------------------------------------------------
+
+    def _move(self, conn: HTTPConnection, state: str):
+        """``conn`` leaves its state for ``state``: in the selector while it waits."""
+        old = self._rooms.get(conn.state)
+        if old is not None:
+            old[0].pop(conn, None)
+        conn.state = state
+        new = self._rooms.get(state)
+        if new is not None:
+            room, timeout = new
+            room[conn] = None
+            conn.deadline = time.monotonic() + timeout
+            if not conn.registered:
+                try:
+                    conn.sock.setblocking(False)
+                    self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+                except (OSError, ValueError):       # the socket is already dead
+                    self._close(conn)
+                    return
+                conn.registered = True
+                if not self._live_register and threading.current_thread() is not self._thread:
+                    self.wake()
+            if state is WAITING and not self.accepting and self.resume_at is None:
+                self._listen()          # it could make room for a newcomer
+        elif conn.registered:
+            self._unregister(conn)
+
+    def _unregister(self, conn: HTTPConnection):
+        conn.registered = False
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def _on_readable(self, conn: HTTPConnection):
+        state = conn.state
+        if state is WAITING:
+            self._receive(conn)
+        elif state is QUEUED:
+            try:
+                alive = conn.sock.recv(1, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                alive = b""
+            if alive:                   # body or pipelined bytes: stop watching
+                self._unregister(conn)
+            else:                       # the client left: drop its request unserved
+                log.debug("client %s left while its request waited", conn.client_address[0])
+                self._close(conn)
+        elif state is LINGERING:
+            try:
+                data = conn.sock.recv(MAX_RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            conn.discarded += len(data)
+            if not data or conn.discarded >= LINGER_SIZE:
+                self._close(conn)
+        # else: a stale event for a connection that has moved on
+
+    def _receive(self, conn: HTTPConnection):
+        """Bytes of a request head: once it is whole, admit the request."""
+        try:
+            data = conn.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        reader = conn.reader
+        buffer = reader.buffer
+        if not buffer:
+            buffer = data
+        else:
+            if type(buffer) is not bytearray:
+                buffer = bytearray(buffer)          # grown in place: linear time
+            buffer += data
+        if not conn.receiving:
+            # The head has begun: from its first byte (an empty line too) it
+            # has client_timeout to arrive whole (slowloris).
+            conn.receiving = True
+            conn.deadline = time.monotonic() + self.limits.client_timeout
+            self.waiting.move_to_end(conn)
+        if buffer[:1] in (b"\r", b"\n"):
+            buffer = strip_empty_lines(buffer)
+            conn.searched = 0
+        reader.buffer = buffer
+        try:
+            end, conn.searched = scan_request_head(buffer, conn.searched, self.limits)
+        except HTTPError as exc:
+            self._refuse(conn, exc)
+            return
+        if end >= 0:
+            self._begin(conn, end)
+
+    def _begin(self, conn: HTTPConnection, end: int):
+        """The head in the buffer ends at ``end``: take it, and admit its request."""
+        reader = conn.reader
+        head_bytes = bytes(reader.buffer[:end - 4])
+        reader.buffer = bytes(reader.buffer[end:])
+        conn.searched = 0
+        conn.receiving = False
+        request = self._admit(conn, head_bytes)
+        if request is not None:
+            self._move(conn, ACTIVE)
+            self.pool.submit(self._serve, conn, request)
+
+    def _admit(self, conn: HTTPConnection, head_bytes: bytes):
+        """Prepare a request; return it if it may run now (its slot taken), else None."""
+        try:
+            request = conn.prepare(head_bytes)
+        except HTTPError as exc:
+            self._refuse(conn, exc)
+            return None
+        gate = request.service.gate
+        if gate is None:            # a WebSocket: its own limit, not a queue
+            return request
+        if gate.free and not gate.waiting:
+            gate.free -= 1
+            return request
+        conn.queued = request
+        gate.waiting.append(conn)
+        self._move(conn, QUEUED)
+        return None
+
+    def _release(self, gate: Gate):
+        """A request is done: its slot goes to the oldest waiter still there."""
+        if gate is None:
+            return
+        while gate.waiting:
+            conn = gate.waiting.popleft()
+            if conn.state is QUEUED:
+                request, conn.queued = conn.queued, None
+                self._move(conn, ACTIVE)
+                self.pool.submit(self._serve, conn, request)
+                return
+        gate.free += 1
+
+    def _refuse(self, conn: HTTPConnection, exc: HTTPError):
+        """Answer an error without blocking the room, then linger."""
+        try:
+            conn.sock.setblocking(False)    # a client that does not read cannot stall us
+        except OSError:
+            pass
+        if conn.refuse(exc) is Next.LINGER:
+            self._linger(conn)
+        else:
+            self._close(conn)
+
+    def _linger(self, conn: HTTPConnection):
+        """RFC 9112 §9.6, without a thread: shut for writing, discard input for a while."""
+        _shutdown_socket(conn.sock, socket.SHUT_WR)
+        conn.discarded = 0
+        self._move(conn, LINGERING)
+
+    def _close(self, conn: HTTPConnection):
+        if conn.state is CLOSED:
+            return
+        self._move(conn, CLOSED)
+        if conn.queued is not None:
+            conn.queued = None          # its Gate skips it
+        self.server.shutdown_request(conn.sock)
+        self.count -= 1
+        self.transport.connections.discard(conn)
+        if not self.accepting and self.resume_at is None:
+            self._listen()              # room again, unless stopping
+        self.changed.notify_all()
+
+    def _expire(self, now: float):
+        """Deadlines passed: 408 (or close) while waiting, 503 while queued, close while lingering."""
+        waiting = self.waiting
+        while waiting:
+            conn = next(iter(waiting))
+            if conn.deadline > now:
+                break
+            if conn.reader.buffer:
+                self._refuse(conn, HTTPError(408, "request head not complete within %gs"
+                                             % self.limits.client_timeout))
+            else:
+                self._close(conn)
+        queued = self.queued
+        while queued:
+            conn = next(iter(queued))
+            if conn.deadline > now:
+                break
+            conn.queued = None
+            retry = max(1, int(self.limits.queue_timeout))
+            self._refuse(conn, HTTPError(503, "the application is busy: no free slot within %gs"
+                                         % self.limits.queue_timeout,
+                                         [("Retry-After", str(retry))]))
+        lingering = self.lingering
+        while lingering:
+            conn = next(iter(lingering))
+            if conn.deadline > now:
+                break
+            self._close(conn)
+        if self.resume_at is not None and now >= self.resume_at:
+            self._listen()
+
+    # -- serving: pool threads ---------------------------------------------------
+
+    def _serve(self, conn: HTTPConnection, request: Request):
+        """Run requests of ``conn`` while it has one ready and a slot; then back to the room."""
+        conn.sock.settimeout(self.limits.client_timeout)
+        while request is not None:
+            try:
+                next_step = conn.run(request)
+            except BaseException:
+                log.exception("unexpected error serving %s", conn.client_address[0])
+                next_step = Next.CLOSE
+            with self.lock:
+                self._release(request.service.gate)
+                request = self._after(conn, next_step)
+
+    def _after(self, conn: HTTPConnection, next_step: Next):
+        """Where a connection goes after a request; a pipelined request ready to run, or None."""
+        if next_step is Next.LINGER:
+            self._linger(conn)
+        elif next_step is not Next.KEEP or self.transport.stopping:
+            self._close(conn)
+        else:
+            reader = conn.reader
+            buffer = reader.buffer = strip_empty_lines(reader.buffer)
+            if buffer:                  # pipelined: the next head may be here already
+                try:
+                    end, conn.searched = scan_request_head(buffer, 0, self.limits)
+                except HTTPError as exc:
+                    self._refuse(conn, exc)
+                    return None
+                conn.receiving = True
+                if end >= 0:
+                    reader.buffer = bytes(buffer[end:])
+                    conn.searched = 0
+                    conn.receiving = False
+                    return self._admit(conn, bytes(buffer[:end - 4]))
+            self._move(conn, WAITING)
+        return None
+
+    # -- stopping: any thread ------------------------------------------------------
+
+    def stop_accepting(self):
+        with self.lock:
+            self.stopped = True
+            self._unlisten()
+
+    def close_idle(self):
+        """Close the connections waiting for a request that has not begun.
+
+        Each is read once more first: a request that has reached the server is
+        served (with Connection: close); one not begun is never half-read, so
+        its client may safely send it again elsewhere.
+        """
+        with self.lock:
+            for conn in list(self.waiting):
+                if conn.state is WAITING and not conn.reader.buffer:
+                    self._receive(conn)
+                if conn.state is WAITING and not conn.reader.buffer:
+                    self._close(conn)
+
+    def wait_closed(self, deadline: float) -> bool:
+        """Wait until every connection has closed, or ``deadline``; True if they have."""
+        with self.lock:
+            while self.count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.changed.wait(min(remaining, 0.1))
+            return True
+
+    def cut_all(self):
+        """The grace period is over: close what waits, cut what is being served."""
+        with self.lock:
+            for conn in list(self.transport.connections):
+                if conn.state is ACTIVE:
+                    _shutdown_socket(conn.sock, socket.SHUT_RDWR)   # its thread closes it
+                else:
+                    self._close(conn)
+
+    def shutdown(self):
+        """End the loop (after stop_accepting), and let the pool's threads go."""
+        with self.lock:
+            self.running = False
+        self.wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self.exited.wait()
+        self.pool.shutdown()
+
+    _thread = None
+
+
+# =============================================================================
+# 12. The socket server and the node
+# =============================================================================
+# A WebTransport is one web transport of the config: where it listens, its
+# paths, its limits; its WSGIServer (socketserver's ThreadingTCPServer, bound
+# and listening) accepts in the waiting room's loop, which hands requests to
+# pool threads (threads are reused, not created per connection). A Node is the
 # set of transports of one config, started and stopped together.
 
 class WebTransport:
     """A web transport: where it listens, its path tree, its limits.
 
-    ``serve_connection(sock, address)`` serves one accepted connection in the
-    calling thread; it works on any object with recv/sendall/settimeout, which
-    is how the tests drive it without a network.
+    Its server (a WSGIServer, once started) serves its connections through a
+    waiting room. ``serve_connection(sock, address)`` serves one connection
+    in the calling thread instead, blocking; it works on any object with
+    recv/sendall/settimeout, which is how the tests drive it without a network.
     """
 
     def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
@@ -2640,11 +3189,10 @@ class WebTransport:
                 service.channel.path = path
                 self.channels[path] = service.channel
         self.base_environ["wsgihost.channels"] = self.channels
+        self.own_answers = OwnAnswers()
         self.stopping = False
         self.server = None
-        self.connections = set()
-        self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)
+        self.connections = set()        # every open HTTPConnection
 
     def server_name(self) -> str:
         if self.host and self.host not in ("0.0.0.0", "::"):
@@ -2653,16 +3201,12 @@ class WebTransport:
 
     def serve_connection(self, sock, client_address):
         conn = HTTPConnection(self, sock, client_address)
-        with self.lock:
-            self.connections.add(conn)
+        self.connections.add(conn)
         try:
-            conn.serve()
-            if conn.linger:
+            if conn.serve() is Next.LINGER:
                 lingering_close(sock)
         finally:
-            with self.lock:
-                self.connections.discard(conn)
-                self.idle.notify_all()
+            self.connections.discard(conn)
 
     def urls(self) -> list:
         host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
@@ -2680,35 +3224,28 @@ class WebTransport:
         return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
 
     def begin_stop(self):
-        """Stop taking requests: WebSockets get 1001, idle connections are closed."""
+        """Stop taking requests: WebSockets get 1001, idle connections are closed.
+
+        Requests in flight, queued or whose head has begun are served, with
+        Connection: close; the waiting room closes each connection after it.
+        """
         self.stopping = True
+        if self.server is not None:
+            self.server.room.stop_accepting()
         for channel in self.channels.values():
             channel.close_all(CloseCode.GOING_AWAY, "server shutting down")    # RFC 6455 §7.4.1
-        self._close_idle()
-
-    def _close_idle(self):
-        # An idle connection waits in recv(); shutting its reading side ends the
-        # wait. One whose request has begun is left to finish (with Connection: close).
-        with self.lock:
-            for conn in list(self.connections):
-                if not conn.busy:
-                    _shutdown_socket(conn.sock, socket.SHUT_RD)
+        if self.server is not None:
+            self.server.room.close_idle()
 
     def finish_stop(self, deadline: float):
         """Wait until ``deadline`` (time.monotonic()) for connections to end; then cut them."""
-        while True:
-            self._close_idle()              # including those whose request just ended
-            with self.lock:
-                if not self.connections:
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    for conn in self.connections:
-                        _shutdown_socket(conn.sock, socket.SHUT_RDWR)
-                    break
-                self.idle.wait(min(remaining, 0.1))
-        if self.server is not None:
-            self.server.pool.shutdown()
+        if self.server is None:
+            return
+        room = self.server.room
+        if not room.wait_closed(deadline):
+            room.cut_all()
+        self.server.shutdown()
+        self.server.server_close()
 
     def stop(self, grace: float):
         """Stop serving: idle connections close now, busy ones after their response."""
@@ -2844,7 +3381,12 @@ class ThreadPool:
 
 
 class WSGIServer(socketserver.ThreadingTCPServer):
-    """The listening socket of one web transport; connections go to a ThreadPool."""
+    """The listening socket of one web transport, and its waiting room.
+
+    socketserver binds and listens, and its get_request() accepts; but the
+    loop is the waiting room's (serve_forever), not one thread per
+    connection: ThreadingTCPServer's process_request is never called.
+    """
 
     allow_reuse_address = True
     daemon_threads = True
@@ -2861,36 +3403,19 @@ class WSGIServer(socketserver.ThreadingTCPServer):
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             self.server_bind()
             self.server_activate()
+            self.socket.setblocking(False)      # the room accepts only when it is readable
         except BaseException:
             self.server_close()
             raise
-        keep = sum(service.minthreads for _, service in transport.root.services()
-                   if service.kind == "wsgi")
-        self.pool = ThreadPool(min(keep, transport.limits.max_connections))
-        self.slots = threading.BoundedSemaphore(transport.limits.max_connections)
+        self.room = WaitingRoom(transport, self)
 
-    def process_request(self, sock, client_address):
-        # Hold the accept loop until a connection slot is free (max_connections).
-        while not self.slots.acquire(timeout=0.5):
-            if self.transport.stopping:
-                self.shutdown_request(sock)
-                return
-        try:
-            self.pool.submit(self._serve, sock, client_address)
-        except Exception:               # e.g. RuntimeError: can't start new thread
-            log.exception("cannot serve a connection from %s", client_address)
-            self.shutdown_request(sock)
-            self.slots.release()
+    def serve_forever(self, poll_interval: float = 0.5):
+        self.room._thread = threading.current_thread()
+        self.room.run()
 
-    def _serve(self, sock, client_address):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.transport.serve_connection(sock, client_address)
-        except Exception:
-            log.exception("unexpected error serving %s", client_address)
-        finally:
-            self.shutdown_request(sock)
-            self.slots.release()
+    def shutdown(self):
+        self.room.stop_accepting()
+        self.room.shutdown()
 
     def handle_error(self, request, client_address):
         log.exception("error accepting a connection from %s", client_address)
@@ -2932,8 +3457,8 @@ class Node:
             transport.server = server
             transport.port = server.server_address[1]
             transport.base_environ["SERVER_PORT"] = str(transport.port)
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                      name="wsgihost-accept", daemon=True)
+            thread = threading.Thread(target=server.serve_forever, name="wsgihost-room",
+                                      daemon=True)
             thread.start()
             self.threads.append(thread)
         return self
@@ -2949,11 +3474,6 @@ class Node:
         if grace is None:
             grace = max(t.limits.shutdown_grace for t in self.transports)
         deadline = time.monotonic() + grace
-        for transport in self.transports:
-            transport.stopping = True
-            if transport.server is not None:
-                transport.server.shutdown()
-                transport.server.server_close()
         for transport in self.transports:
             transport.begin_stop()
         for transport in self.transports:
