@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 from wsgiref.validate import validator
 
 import wsgihost
@@ -1830,6 +1831,507 @@ class WebSocketSocketTests(unittest.TestCase):
         self.assertEqual(c.expect_close(), 1001)
 
 # -----------------------------------------------------------------------------
+# 8a. Static files, redirects and JSON values
+# -----------------------------------------------------------------------------
+
+MTIME_NS = 1_600_000_000_123_456_789          # Sun, 13 Sep 2020 12:26:40 GMT
+HELLO = b"Hello, static world!\n"             # 21 bytes
+HELLO_ETAG = '"%x-%x"' % (MTIME_NS, len(HELLO))
+HELLO_DATE = "Sun, 13 Sep 2020 12:26:40 GMT"
+
+
+def make_static_tree(base: str) -> str:
+    """A static root under ``base``, with secrets beside it and traps inside; returns the root."""
+    def write(rel, data=b"x"):
+        path = os.path.join(base, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.utime(path, ns=(MTIME_NS, MTIME_NS))
+
+    write("outside.txt", b"TOP SECRET outside\n")
+    write("outdir/passwd", b"TOP SECRET passwd\n")
+    write("root2/sibling.txt", b"TOP SECRET sibling\n")   # "root2" starts like "root"
+    write("root/hello.txt", HELLO)
+    write("root/data.bin", bytes(range(100)))
+    write("root/empty.txt", b"")
+    write("root/.secret", b"TOP SECRET hidden\n")
+    write("root/.hiddendir/x.txt", b"TOP SECRET in a hidden folder\n")
+    write("root/site/index.html", b"<p>site index</p>\n")
+    write("root/sub/a.txt", b"a\n")
+    write('root/sub/<b>&"q".txt', b"q\n")
+    write("root/sub/a:b.txt", b"ab\n")
+    write("root/sub/.hidden", b"h\n")
+    write("root/sub/inner/z.txt", b"z\n")
+    write("root/app.html", b"<p>single page</p>\n")
+    write("root/weird.ZZQQ", b"xyz")
+    write("root/archive.tar.gz", b"\x1f\x8b\x08\x00")
+    write("root/script.js", b"1;\n")
+    write("root/LICENSE", b"MIT\n")
+    root = os.path.join(base, "root")
+    os.symlink(os.path.join(base, "outside.txt"), os.path.join(root, "out"))
+    os.symlink(os.path.join(base, "outdir"), os.path.join(root, "outdir"))
+    os.symlink(os.path.join(base, "root2", "sibling.txt"), os.path.join(root, "sibling"))
+    os.symlink("hello.txt", os.path.join(root, "inlink"))
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(os.path.join(root, "fifo"))
+    return root
+
+
+class StaticTreeTestCase(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(cls.tmp.cleanup)
+        cls.base = os.path.realpath(cls.tmp.name)
+        cls.root = make_static_tree(cls.base)
+
+    def get(self, target: str, *fields: str, method: str = "GET", validate: bool = True,
+            **options) -> Resp:
+        """One request to a StaticFiles app on "/" (with ``options``), through the fake socket."""
+        app = wsgihost.StaticFiles(self.root, **options)
+        head = "%s %s HTTP/1.1\r\nHost: a\r\n%s\r\n" % (method, target,
+                                                       "".join(f + "\r\n" for f in fields))
+        return one(app, head.encode("latin-1"), validate=validate)
+
+
+class ResolveStaticPathTests(StaticTreeTestCase):
+    """The path check alone, one attack at a time."""
+
+    def resolve(self, path_info, allow_hidden=False):
+        return wsgihost.resolve_static_path(self.root, path_info, allow_hidden)
+
+    def test_file_and_root(self):
+        self.assertEqual(self.resolve("/hello.txt"), os.path.join(self.root, "hello.txt"))
+        self.assertEqual(self.resolve("/sub/a.txt"), os.path.join(self.root, "sub", "a.txt"))
+        self.assertEqual(self.resolve("/"), self.root)
+        self.assertEqual(self.resolve(""), self.root)
+        self.assertEqual(self.resolve("/no/such/file"), os.path.join(self.root, "no", "such", "file"))
+
+    def test_dot_dot_and_dot_segments_refused(self):
+        for path in ("/..", "/../outside.txt", "/sub/../../outside.txt", "/sub/../hello.txt",
+                     "/sub/..", "/.", "/./hello.txt", "/sub/./a.txt"):
+            with self.subTest(path=path):
+                self.assertIsNone(self.resolve(path))
+                self.assertIsNone(self.resolve(path, allow_hidden=True))
+
+    def test_percent_encoded_dot_dot_and_slash_refused_once_decoded(self):
+        # The server decodes PATH_INFO (PEP 3333): %2e%2e is "..", %2f is "/".
+        for target in ("/%2e%2e/outside.txt", "/%2E%2E%2Foutside.txt", "/sub%2f..%2f..%2foutside.txt",
+                       "/.%2e/outside.txt", "/sub/%2e%2e/%2e%2e/outdir/passwd"):
+            with self.subTest(target=target):
+                path_info = wsgihost.decode_path(target)
+                self.assertIn("..", path_info)
+                self.assertIsNone(self.resolve(path_info, allow_hidden=True))
+
+    def test_double_encoding_and_overlong_utf8_are_just_names_inside(self):
+        # %252e%252e decodes once, to the name "%2e%2e"; %c0%ae is no "." in any
+        # decoder that matters: both stay names under the root.
+        for target in ("/%252e%252e/outside.txt", "/%c0%ae%c0%ae/outside.txt"):
+            with self.subTest(target=target):
+                path = self.resolve(wsgihost.decode_path(target))
+                self.assertTrue(path.startswith(self.root + os.sep), path)
+
+    def test_backslash_refused(self):
+        for path in ("/..\\outside.txt", "/sub\\a.txt", "/\\\\server\\share", "/%5c.."):
+            with self.subTest(path=path):
+                self.assertIsNone(self.resolve(wsgihost.decode_path(path), allow_hidden=True))
+
+    def test_nul_refused(self):
+        self.assertIsNone(self.resolve("/hello.txt\x00.png"))
+        self.assertIsNone(self.resolve(wsgihost.decode_path("/hello.txt%00")))
+
+    def test_empty_segments_and_absolute_looking_paths_stay_inside(self):
+        self.assertEqual(self.resolve("//etc/passwd"), os.path.join(self.root, "etc", "passwd"))
+        self.assertEqual(self.resolve("///sub//a.txt"), os.path.join(self.root, "sub", "a.txt"))
+        self.assertEqual(self.resolve("/" + self.base + "/outside.txt"),
+                         os.path.join(self.root, self.base.lstrip("/"), "outside.txt"))
+
+    def test_hidden_segments_refused_unless_allowed(self):
+        for path in ("/.secret", "/.hiddendir/x.txt", "/sub/.hidden", "/.crossbar/config.json"):
+            with self.subTest(path=path):
+                self.assertIsNone(self.resolve(path))
+                self.assertTrue(self.resolve(path, allow_hidden=True).startswith(self.root + os.sep))
+
+    def test_symlinks_out_refused_symlinks_in_followed(self):
+        self.assertIsNone(self.resolve("/out"))
+        self.assertIsNone(self.resolve("/outdir/passwd"))
+        self.assertIsNone(self.resolve("/outdir"))
+        self.assertIsNone(self.resolve("/sibling"))     # root2/..., beside root: not under it
+        self.assertEqual(self.resolve("/inlink"), os.path.join(self.root, "hello.txt"))
+
+    def test_text_that_is_not_latin1_refused(self):
+        self.assertIsNone(self.resolve("/\u20ac.txt"))
+
+
+class StaticFilesTests(StaticTreeTestCase):
+
+    def test_get_a_file(self):
+        r = self.get("/hello.txt")
+        self.assertEqual((r.status, r.body), (200, HELLO))
+        self.assertEqual(r.headers["content-type"], "text/plain; charset=utf-8")
+        self.assertEqual(r.headers["content-length"], "21")
+        self.assertEqual(r.headers["last-modified"], HELLO_DATE)
+        self.assertEqual(r.headers["etag"], HELLO_ETAG)
+        self.assertEqual(r.headers["accept-ranges"], "bytes")
+        self.assertEqual(r.headers["cache-control"], "max-age=43200, public")
+        self.assertNotIn("connection", r.headers)        # the connection stays open
+
+    def test_head_has_the_headers_and_no_body(self):
+        raw = run_raw(wsgihost.StaticFiles(self.root),
+                      b"HEAD /hello.txt HTTP/1.1\r\nHost: a\r\n\r\nGET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+        head, second = split_responses(raw, ["HEAD", "GET"])
+        self.assertEqual((head.status, head.body, head.headers["content-length"]), (200, b"", "21"))
+        self.assertEqual(head.headers["etag"], HELLO_ETAG)
+        self.assertEqual((second.status, second.body), (200, b"a\n"))   # nothing left over
+
+    def test_if_none_match(self):
+        for value in (HELLO_ETAG, "W/" + HELLO_ETAG, '"other", ' + HELLO_ETAG, "*"):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "If-None-Match: " + value)
+                self.assertEqual((r.status, r.body), (304, b""))
+                self.assertEqual(r.headers["etag"], HELLO_ETAG)
+                self.assertEqual(r.headers["cache-control"], "max-age=43200, public")
+                self.assertNotIn("content-type", r.headers)
+                self.assertNotIn("content-length", r.headers)
+        for value in ('"other"', HELLO_ETAG[:-2] + '"', "garbage"):
+            with self.subTest(value=value):
+                self.assertEqual(self.get("/hello.txt", "If-None-Match: " + value).status, 200)
+
+    def test_if_modified_since(self):
+        for value in (HELLO_DATE, "Sun, 13 Sep 2020 12:26:41 GMT", "Sunday, 13-Sep-20 12:26:40 GMT",
+                      "Sun Sep 13 12:26:40 2020"):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "If-Modified-Since: " + value)
+                self.assertEqual((r.status, r.body), (304, b""))
+        for value in ("Sun, 13 Sep 2020 12:26:39 GMT", "yesterday", "Sun, 13 Sep 2020 12:26:40 CET"):
+            with self.subTest(value=value):
+                self.assertEqual(self.get("/hello.txt", "If-Modified-Since: " + value).status, 200)
+        # RFC 9110 §13.1.3: ignored when If-None-Match is present.
+        r = self.get("/hello.txt", 'If-None-Match: "other"', "If-Modified-Since: " + HELLO_DATE)
+        self.assertEqual((r.status, r.body), (200, HELLO))
+
+    def test_if_match_and_if_unmodified_since(self):
+        self.assertEqual(self.get("/hello.txt", "If-Match: " + HELLO_ETAG).status, 200)
+        self.assertEqual(self.get("/hello.txt", "If-Match: *").status, 200)
+        self.assertEqual(self.get("/hello.txt", 'If-Match: "other"').status, 412)
+        self.assertEqual(self.get("/hello.txt", "If-Match: W/" + HELLO_ETAG).status, 412)  # strong
+        self.assertEqual(self.get("/hello.txt", "If-Unmodified-Since: " + HELLO_DATE).status, 200)
+        self.assertEqual(self.get("/hello.txt", "If-Unmodified-Since: Sun, 13 Sep 2020 12:26:39 GMT"
+                                  ).status, 412)
+
+    def test_ranges(self):
+        cases = {"bytes=0-4": (b"Hello", "bytes 0-4/21"), "bytes=7-": (HELLO[7:], "bytes 7-20/21"),
+                 "bytes=-7": (HELLO[-7:], "bytes 14-20/21"), "bytes=5-1000": (HELLO[5:], "bytes 5-20/21"),
+                 "bytes=-1000": (HELLO, "bytes 0-20/21"), "bytes=20-20": (b"\n", "bytes 20-20/21"),
+                 "BYTES=0-0": (b"H", "bytes 0-0/21"), "bytes= 1-2 ,": (b"el", "bytes 1-2/21"),
+                 "bytes=0-" + "9" * 30: (HELLO, "bytes 0-20/21")}
+        app = wsgihost.StaticFiles(self.root)
+        for value, (body, content_range) in cases.items():
+            for validate in (True, False):      # the iterated wrapper, and the server's own
+                with self.subTest(value=value, validate=validate):
+                    # A second request on the connection: sending more than the
+                    # range would have cost the connection (and this answer).
+                    raw = run_raw(app, b"GET /hello.txt HTTP/1.1\r\nHost: a\r\nRange: %s\r\n\r\n"
+                                       b"GET /sub/a.txt HTTP/1.1\r\nHost: a\r\n\r\n" % value.encode(),
+                                  validate=validate)
+                    r, after = split_responses(raw)
+                    self.assertEqual((r.status, r.body), (206, body))
+                    self.assertEqual(r.headers["content-range"], content_range)
+                    self.assertEqual(r.headers["content-length"], str(len(body)))
+                    self.assertEqual(r.headers["etag"], HELLO_ETAG)
+                    self.assertEqual((after.status, after.body), (200, b"a\n"))
+
+    def test_unsatisfiable_ranges_get_416(self):
+        for value in ("bytes=21-", "bytes=100-200", "bytes=-0", "bytes=" + "9" * 30 + "-"):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "Range: " + value)
+                self.assertEqual(r.status, 416)
+                self.assertEqual(r.headers["content-range"], "bytes */21")
+        r = self.get("/empty.txt", "Range: bytes=0-")
+        self.assertEqual((r.status, r.headers["content-range"]), (416, "bytes */0"))
+
+    def test_several_or_invalid_ranges_get_everything(self):
+        # RFC 9110 §14.2: a server may ignore Range; several ranges get the file whole.
+        for value in ("bytes=0-1,5-6", "bytes=5-2", "items=0-1", "bytes=x-y", "bytes=", "bytes=-",
+                      "bytes 0-1", "bytes=1-2-3"):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "Range: " + value)
+                self.assertEqual((r.status, r.body), (200, HELLO))
+                self.assertNotIn("content-range", r.headers)
+        r = self.get("/empty.txt", "Range: bytes=-5")
+        self.assertEqual((r.status, r.body, r.headers["content-length"]), (200, b"", "0"))
+
+    def test_if_range(self):
+        for value in (HELLO_ETAG, HELLO_DATE):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "Range: bytes=0-4", "If-Range: " + value)
+                self.assertEqual((r.status, r.body), (206, b"Hello"))
+        for value in ('"other"', "W/" + HELLO_ETAG, "Sun, 13 Sep 2020 12:26:41 GMT", "junk"):
+            with self.subTest(value=value):
+                r = self.get("/hello.txt", "Range: bytes=0-4", "If-Range: " + value)
+                self.assertEqual((r.status, r.body), (200, HELLO))
+        self.assertEqual(self.get("/hello.txt", "If-Range: " + HELLO_ETAG).status, 200)
+
+    def test_a_range_of_a_binary_file(self):
+        r = self.get("/data.bin", "Range: bytes=10-19")
+        self.assertEqual((r.status, r.body), (206, bytes(range(10, 20))))
+        self.assertEqual(r.headers["content-type"], "application/octet-stream")
+
+    def test_directory_redirects_to_its_url_with_a_slash(self):
+        for target, location in (("/sub", "/sub/"), ("/sub?x=1&y", "/sub/?x=1&y"),
+                                 ("/sub/inner", "/sub/inner/"), ("//sub", "/sub/"),
+                                 ("/sub//inner", "/sub/inner/")):
+            with self.subTest(target=target):
+                r = self.get(target)
+                self.assertEqual((r.status, r.headers["location"]), (301, location))
+
+    def test_directory_index_html(self):
+        r = self.get("/site/")
+        self.assertEqual((r.status, r.body), (200, b"<p>site index</p>\n"))
+        self.assertEqual(r.headers["content-type"], "text/html; charset=utf-8")
+
+    def test_directory_listing_when_enabled_is_escaped(self):
+        r = self.get("/sub/", enable_directory_listing=True)
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.headers["content-type"], "text/html; charset=utf-8")
+        page = r.body.decode("utf-8")
+        self.assertIn('<li><a href="%3Cb%3E%26%22q%22.txt">&lt;b&gt;&amp;&quot;q&quot;.txt</a></li>', page)
+        self.assertIn('<li><a href="a%3Ab.txt">a:b.txt</a></li>', page)
+        self.assertIn('<li><a href="inner/">inner/</a></li>', page)
+        self.assertIn('<li><a href="../">../</a></li>', page)
+        self.assertIn("<title>Index of /sub/</title>", page)
+        self.assertNotIn("hidden", page)
+        self.assertNotIn("<b>", page)
+        root = self.get("/", enable_directory_listing=True).body.decode("utf-8")
+        self.assertIn('<a href="hello.txt">hello.txt</a>', root)
+        self.assertNotIn("../", root)
+        self.assertNotIn("secret", root)
+        shown = self.get("/sub/", enable_directory_listing=True, allow_hidden_files=True)
+        self.assertIn(b'<a href=".hidden">.hidden</a>', shown.body)
+
+    def test_directory_without_index_is_404_when_listing_is_off(self):
+        for target in ("/sub/", "/"):
+            with self.subTest(target=target):
+                r = self.get(target)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(b"a.txt", r.body)
+
+    def test_default_file_for_paths_that_name_nothing(self):
+        for target in ("/no/such/route", "/sub/", "/nothing.js", "/hello.txt/"):
+            with self.subTest(target=target):
+                r = self.get(target, default_file="app.html")
+                self.assertEqual((r.status, r.body), (200, b"<p>single page</p>\n"))
+                self.assertEqual(r.headers["content-type"], "text/html; charset=utf-8")
+        self.assertEqual(self.get("/hello.txt", default_file="app.html").body, HELLO)
+        for target in ("/.secret", "/../outside.txt", "/out"):    # refused stays refused
+            with self.subTest(target=target):
+                self.assertEqual(self.get(target, default_file="app.html").status, 404)
+        with self.assertRaises(ValueError):
+            wsgihost.StaticFiles(self.root, default_file="../outside.txt")
+
+    def test_hidden_files_refused_unless_allowed(self):
+        for target in ("/.secret", "/.hiddendir/x.txt", "/sub/.hidden", "/%2esecret"):
+            with self.subTest(target=target):
+                r = self.get(target)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(b"TOP SECRET", r.body)
+        r = self.get("/.secret", allow_hidden_files=True)
+        self.assertEqual((r.status, r.body), (200, b"TOP SECRET hidden\n"))
+
+    def test_symlinks_out_refused(self):
+        for target in ("/out", "/outdir/passwd", "/sibling"):
+            with self.subTest(target=target):
+                r = self.get(target, allow_hidden_files=True, enable_directory_listing=True)
+                self.assertEqual(r.status, 404)
+                self.assertNotIn(b"TOP SECRET", r.body)
+        self.assertEqual(self.get("/inlink").body, HELLO)
+
+    def test_traversal_variants_through_the_server(self):
+        for target in ("/../outside.txt", "/%2e%2e/outside.txt", "/sub/..%2f..%2foutside.txt",
+                       "/..%5coutside.txt", "/sub/%2e%2e/%2e%2e/outdir/passwd", "/hello.txt%00",
+                       "/%2e%2e%2f%2e%2e%2froot2/sibling.txt", "/.%2e/.%2e/outside.txt",
+                       "/sub/../../outside.txt", "/%5C..%5Coutside.txt"):
+            with self.subTest(target=target):
+                raw = run_raw(wsgihost.StaticFiles(self.root, allow_hidden_files=True,
+                                                   default_file="app.html"),
+                              b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target.encode())
+                self.assertTrue(raw.startswith(b"HTTP/1.1 404 "), raw[:40])
+                self.assertNotIn(b"TOP SECRET", raw)
+
+    def test_media_types(self):
+        cases = {"/weird.ZZQQ": "application/octet-stream", "/archive.tar.gz": "application/octet-stream",
+                 "/LICENSE": "application/octet-stream", "/site/index.html": "text/html; charset=utf-8"}
+        for target, media_type in cases.items():
+            with self.subTest(target=target):
+                self.assertEqual(self.get(target).headers["content-type"], media_type)
+        self.assertIn(self.get("/script.js").headers["content-type"],
+                      ("text/javascript; charset=utf-8", "application/javascript; charset=utf-8"))
+        types = {".zzqq": "application/x-test", "gz": "application/gzip", ".html": "text/x-mine",
+                 ".txt": "text/plain; charset=latin-1"}
+        for target, media_type in (("/weird.ZZQQ", "application/x-test"),
+                                   ("/archive.tar.gz", "application/gzip"),
+                                   ("/site/index.html", "text/x-mine; charset=utf-8"),
+                                   ("/hello.txt", "text/plain; charset=latin-1")):
+            with self.subTest(target=target, mime_types=True):
+                self.assertEqual(self.get(target, mime_types=types).headers["content-type"], media_type)
+
+    def test_cache_timeout(self):
+        self.assertEqual(self.get("/hello.txt", cache_timeout=60).headers["cache-control"],
+                         "max-age=60, public")
+        self.assertEqual(self.get("/hello.txt", cache_timeout=0).headers["cache-control"],
+                         "max-age=0, public")
+        r = self.get("/hello.txt", cache_timeout=None)
+        self.assertEqual(r.status, 200)
+        self.assertNotIn("cache-control", r.headers)
+        r = self.get("/hello.txt", "If-None-Match: " + HELLO_ETAG, cache_timeout=None)
+        self.assertEqual(r.status, 304)
+        self.assertNotIn("cache-control", r.headers)
+
+    def test_other_methods_get_405(self):
+        for method in ("POST", "PUT", "DELETE", "OPTIONS"):
+            with self.subTest(method=method):
+                r = self.get("/hello.txt", "Content-Length: 0", method=method)
+                self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD"))
+
+    def test_a_file_named_as_a_directory_is_not_found(self):
+        self.assertEqual(self.get("/hello.txt/").status, 404)
+        self.assertEqual(self.get("/hello.txt").status, 200)
+
+    def test_empty_file(self):
+        r = self.get("/empty.txt")
+        self.assertEqual((r.status, r.body, r.headers["content-length"]), (200, b"", "0"))
+
+    @unittest.skipUnless(hasattr(os, "mkfifo"), "no FIFOs here")
+    def test_a_fifo_is_not_opened_for_reading_nor_served(self):
+        done = []
+        thread = threading.Thread(target=lambda: done.append(self.get("/fifo")), daemon=True)
+        thread.start()
+        thread.join(10)
+        self.assertEqual([r.status for r in done], [404])   # not stuck waiting for a writer
+
+    def test_file_slice_reads_no_further_than_its_range(self):
+        with open(os.path.join(self.root, "hello.txt"), "rb") as f:
+            f.seek(7)
+            piece = wsgihost._FileSlice(f, 12)
+            self.assertEqual((piece.tell(), piece.read(3), piece.read(), piece.read(1)),
+                             (7, b"sta", b"ti", b""))
+
+    def test_parse_range_pure(self):
+        self.assertEqual(wsgihost.parse_range("bytes=0-4", 21), (0, 4))
+        self.assertEqual(wsgihost.parse_range("bytes=-5", 3), (0, 2))
+        self.assertIsNone(wsgihost.parse_range("bytes=0-1, 3-4", 21))
+        with self.assertRaises(HTTPError) as ctx:
+            wsgihost.parse_range("bytes=30-", 21)
+        self.assertEqual((ctx.exception.status, ctx.exception.detail),
+                         (416, "the range 'bytes=30-' starts past the end of the 21 bytes"))
+
+    def test_parse_http_date_pure(self):
+        expected = 784111777     # RFC 9110 §5.6.7's example, in all three forms
+        for value in ("Sun, 06 Nov 1994 08:49:37 GMT", "Sunday, 06-Nov-94 08:49:37 GMT",
+                      "Sun Nov  6 08:49:37 1994"):
+            with self.subTest(value=value):
+                self.assertEqual(wsgihost.parse_http_date(value), expected)
+        for value in ("Sun, 06 Nov 1994 08:49:37 +0000", "Sun, 06 Nov 1994 08:49:37 GMT, x",
+                      "Sun, 32 Nov 1994 08:49:37 GMT", "Sun, 06 Foo 1994 08:49:37 GMT", ""):
+            with self.subTest(value=value):
+                self.assertIsNone(wsgihost.parse_http_date(value))
+
+
+class RedirectAndJSONTests(unittest.TestCase):
+
+    def test_redirect_every_method_with_302(self):
+        app = wsgihost.Redirect("https://example.com/new?a=1")
+        for method in ("GET", "POST", "HEAD"):
+            with self.subTest(method=method):
+                r = one(app, b"%s /old/x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n" % method.encode())
+                self.assertEqual((r.status, r.headers["location"]), (302, "https://example.com/new?a=1"))
+                self.assertEqual(r.body, b"" if method == "HEAD" else
+                                 b"302 Found\nsee https://example.com/new?a=1\n")
+
+    def test_redirect_status(self):
+        r = one(wsgihost.Redirect("/elsewhere", 308), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.headers["location"]), (308, "/elsewhere"))
+
+    def test_json_value(self):
+        app = wsgihost.JSONValue({"b": [1, "\u00e9"], "a": None})
+        r = one(app, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.headers["content-type"]), (200, "application/json"))
+        self.assertEqual(r.body, '{"b":[1,"\u00e9"],"a":null}'.encode("utf-8"))
+        self.assertEqual(r.headers["content-length"], str(len(r.body)))
+        self.assertNotIn("cache-control", r.headers)
+        length = r.headers["content-length"]
+        r = one(app, b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.body, r.headers["content-length"]), (200, b"", length))
+        r = one(app, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual((r.status, r.headers["allow"]), (405, "GET, HEAD"))
+
+    def test_json_options_and_odd_values(self):
+        r = one(wsgihost.JSONValue({"b": 1, "a": 2}, prettify=True, discourage_caching=True),
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(r.body, b'{\n   "a": 2,\n   "b": 1\n}')
+        self.assertEqual(r.headers["cache-control"], "no-store")
+        self.assertEqual(one(wsgihost.JSONValue(None), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").body, b"null")
+        lone = json.loads('"\\ud800x"')
+        body = one(wsgihost.JSONValue(lone), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").body
+        self.assertEqual((body, json.loads(body)), (b'"\\ud800x"', lone))
+
+
+class StaticSocketTests(unittest.TestCase):
+    """A static path beside an app on "/" (Django's STATIC_URL habit), over real sockets."""
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        base = os.path.realpath(tmp.name)
+        root = make_static_tree(base)
+        self.big = random.Random(7).randbytes(1024 * 1024)
+        with open(os.path.join(root, "big.bin"), "wb") as f:
+            f.write(self.big)
+        config = web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"},
+                             "static": {"type": "static", "directory": "root"}},
+                            {"type": "tcp", "port": 0, "interface": "127.0.0.1"})
+        self.node = wsgihost.Node(config, cbdir=base).start()
+        self.addCleanup(self.node.stop, 1)
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.node.transports[0].port, timeout=10)
+        self.addCleanup(self.conn.close)
+
+    def request(self, method, target, headers=None):
+        self.conn.request(method, target, headers=headers or {})
+        resp = self.conn.getresponse()
+        return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), resp.read()
+
+    def test_static_files_and_an_app_on_one_connection_with_sendfile(self):
+        calls = []
+        real_sendfile = os.sendfile
+
+        def counting_sendfile(*args):
+            calls.append(args[2:])          # (offset, count)
+            return real_sendfile(*args)
+        with unittest.mock.patch.object(os, "sendfile", counting_sendfile):
+            status, headers, body = self.request("GET", "/static/hello.txt")
+            self.assertEqual((status, body), (200, HELLO))
+            sock = self.conn.sock
+            status, headers, body = self.request("GET", "/static/big.bin",
+                                                 {"Range": "bytes=1000-500999"})
+            self.assertEqual((status, headers["content-range"]), (206, "bytes 1000-500999/1048576"))
+            self.assertTrue(body == self.big[1000:501000], "wrong bytes in the range")
+            status, headers, body = self.request("GET", "/static/big.bin")
+            self.assertEqual((status, len(body)), (200, len(self.big)))
+            self.assertTrue(body == self.big, "wrong bytes in the file")
+        self.assertEqual(calls[0][0], 0)                # hello.txt, from its start
+        self.assertIn(1000, [offset for offset, count in calls])
+        status, headers, body = self.request("HEAD", "/static/big.bin")
+        self.assertEqual((status, headers["content-length"], body), (200, "1048576", b""))
+        self.assertEqual(self.request("GET", "/app/page")[::2], (200, b"Hello, World!"))
+        status, headers, body = self.request("GET", "/static")
+        self.assertEqual((status, headers["location"]), (301, "/static/"))
+        self.assertEqual(self.request("GET", "/static/../static/.secret")[0], 404)
+        self.assertIs(self.conn.sock, sock)             # one connection throughout
+
+
+# -----------------------------------------------------------------------------
 # 10. The real server, over sockets
 # -----------------------------------------------------------------------------
 
@@ -2436,9 +2938,6 @@ class ConfigTests(unittest.TestCase):
                                '(5) must not exceed maxthreads (4)')
 
     def test_unsupported_yet(self):
-        self.assertConfigError(web_config({"/": {"type": "static", "directory": "."}}),
-                               '.crossbar/config.json: workers[0].transports[0].paths["/"].type: type '
-                               '"static" is not supported by wsgihost %s yet' % wsgihost.__version__)
         self.assertConfigError(web_config({}, {"type": "tcp", "port": 1, "tls": {}}),
                                ".crossbar/config.json: workers[0].transports[0].endpoint.tls: TLS "
                                "endpoints are not supported yet")
@@ -2509,6 +3008,168 @@ class ConfigTests(unittest.TestCase):
             wsgihost.load_config(f.name)
         self.assertEqual(str(ctx.exception), "%s: invalid JSON: Expecting value: line 1 column 14 "
                                              "(char 13)" % f.name)
+
+
+class ServiceConfigTests(unittest.TestCase):
+    """The static, redirect and json services in a config: what they build, their errors."""
+
+    assertConfigError = ConfigTests.assertConfigError
+    PATH = '.crossbar/config.json: workers[0].transports[0].paths["s"]'
+
+    def setUp(self):
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.cbdir = os.path.realpath(tmp.name)
+        self.web = os.path.join(self.cbdir, "web")
+        os.mkdir(self.web)
+        with open(os.path.join(self.web, "app.html"), "wb") as f:
+            f.write(b"<p>app</p>")
+        with open(os.path.join(self.cbdir, "file.txt"), "wb") as f:
+            f.write(b"not a folder")
+
+    def config(self, kind, **service):
+        return web_config({"s": dict(service, type=kind)})
+
+    def serve(self, config, request: bytes) -> Resp:
+        transport = wsgihost.build_transports(config, self.cbdir)[0]
+        sock = FakeSocket(request)
+        transport.serve_connection(sock, REMOTE)
+        return split_responses(bytes(sock.sent), [request.split(b" ", 1)[0].decode()])[0]
+
+    def test_static_directory_relative_to_cbdir(self):
+        r = self.serve(self.config("static", directory="web", options={"cache_timeout": None}),
+                       b"GET /s/app.html HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.body), (200, b"<p>app</p>"))
+        self.assertNotIn("cache-control", r.headers)
+        self.assertEqual(self.serve(self.config("static", directory=self.web),
+                                    b"GET /s/app.html HTTP/1.1\r\nHost: a\r\n\r\n").status, 200)
+
+    def test_static_directory_errors(self):
+        self.assertConfigError(self.config("static", directory="nope"),
+                               self.PATH + '.directory: "nope": no such directory (%s)'
+                               % os.path.join(self.cbdir, "nope"), self.cbdir)
+        self.assertConfigError(self.config("static", directory="file.txt"),
+                               self.PATH + '.directory: "file.txt": no such directory (%s)'
+                               % os.path.join(self.cbdir, "file.txt"), self.cbdir)
+        self.assertConfigError(self.config("static", directory=5),
+                               self.PATH + ".directory: expected a directory, got a number 5")
+        self.assertConfigError(self.config("static", directory="web", package="p", resource="r"),
+                               self.PATH + ': give "directory", or "package" and "resource", not both')
+        for service in ({}, {"package": "json"}, {"resource": "x"}):
+            with self.subTest(service=service):
+                self.assertConfigError(self.config("static", **service), self.PATH +
+                                       ': a "static" service needs "directory", or "package" and "resource"')
+        self.assertConfigError(self.config("static", dir="web"),
+                               self.PATH + ': unknown key "dir" (expected one of: directory, options, '
+                               'package, resource, type)')
+
+    def test_static_option_errors(self):
+        cases = [
+            ({"enable_directory_listing": "yes"}, '.options.enable_directory_listing: expected true or '
+                                                  'false, got a string "yes"'),
+            ({"allow_hidden_files": 1}, ".options.allow_hidden_files: expected true or false, got a "
+                                        "number 1"),
+            ({"cache_timeout": -1}, ".options.cache_timeout: must be 0 or more, got -1"),
+            ({"cache_timeout": "1h"}, '.options.cache_timeout: expected a whole number of seconds or '
+                                      'null, got a string "1h"'),
+            ({"cache_timeout": 1.5}, ".options.cache_timeout: expected a whole number of seconds or "
+                                     "null, got a number 1.5"),
+            ({"mime_types": []}, '.options.mime_types: expected an object like {".svg": '
+                                 '"image/svg+xml"}, got a list []'),
+            ({"mime_types": {".svg": 5}}, '.options.mime_types: ".svg": expected a media type like '
+                                          '"image/svg+xml", got 5'),
+            ({"mime_types": {".svg": "svg"}}, '.options.mime_types: ".svg": expected a media type '
+                                              'like "image/svg+xml", got "svg"'),
+            ({"mime_types": {".x": "a/b\r\nX: y"}}, '.options.mime_types: ".x": expected a media type '
+                                                    'like "image/svg+xml", got "a/b\\r\\nX: y"'),
+            ({"default_file": "nope.html"}, '.options.default_file: "nope.html" is not a file in %s'
+                                            % self.web),
+            ({"default_file": "../file.txt"}, '.options.default_file: "../file.txt" is not a file in %s'
+                                              % self.web),
+            ({"default_file": 3}, ".options.default_file: expected a file name or null, got a number 3"),
+            ({"listing": True}, '.options: unknown key "listing" (expected one of: allow_hidden_files, '
+                                'cache_timeout, default_file, enable_directory_listing, mime_types)'),
+            ([], ".options: expected an object, got a list []"),
+        ]
+        for options, message in cases:
+            with self.subTest(options=options):
+                self.assertConfigError(self.config("static", directory="web", options=options),
+                                       self.PATH + message, self.cbdir)
+        transport = wsgihost.build_transports(self.config("static", directory="web", options={
+            "enable_directory_listing": True, "mime_types": {"svg": "image/svg+xml; charset=\"x\""},
+            "cache_timeout": 0, "default_file": "app.html", "allow_hidden_files": False}), self.cbdir)[0]
+        self.assertEqual(transport.resolve("/s/x")[0].app.default_file,
+                         os.path.join(self.web, "app.html"))
+
+    def test_static_package_and_resource(self):
+        package = os.path.join(self.cbdir, "wsgihost_static_probe")
+        os.makedirs(os.path.join(package, "assets"))
+        open(os.path.join(package, "__init__.py"), "w").close()
+        with open(os.path.join(package, "assets", "p.txt"), "wb") as f:
+            f.write(b"from a package")
+        sys.path.insert(0, self.cbdir)
+        self.addCleanup(sys.path.remove, self.cbdir)
+        self.addCleanup(sys.modules.pop, "wsgihost_static_probe", None)
+        config = self.config("static", package="wsgihost_static_probe", resource="assets")
+        r = self.serve(config, b"GET /s/p.txt HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.body), (200, b"from a package"))
+        self.assertConfigError(self.config("static", package="wsgihost_static_probe", resource="nope"),
+                               self.PATH + '.resource: package "wsgihost_static_probe" has no folder '
+                               '"nope" (looked in: %s)' % package)
+        with self.assertRaises(wsgihost.ConfigError) as ctx:
+            wsgihost.build_transports(self.config("static", package="no_such_pkg_xyz", resource="a"),
+                                      ".", ".crossbar/config.json")
+        self.assertTrue(str(ctx.exception).startswith(
+            self.PATH + ': cannot import module "no_such_pkg_xyz": No module named'), str(ctx.exception))
+
+    def test_redirect(self):
+        r = self.serve(self.config("redirect", url="https://example.com/"),
+                       b"GET /s/x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.headers["location"]), (302, "https://example.com/"))
+        r = self.serve(self.config("redirect", url="/new", status=301), b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.headers["location"]), (301, "/new"))
+        cases = [
+            ({}, ': a "redirect" service needs "url" (where to send the client)'),
+            ({"url": 5}, ".url: expected a URL, got a number 5"),
+            ({"url": "/a b"}, '.url: invalid URL "/a b": expected printable ASCII without spaces '
+                              '(percent-encode the rest)'),
+            ({"url": "/\u00e9"}, '.url: invalid URL "/\\u00e9": expected printable ASCII without spaces '
+                                 '(percent-encode the rest)'),
+            ({"url": ""}, '.url: invalid URL "": expected printable ASCII without spaces '
+                          '(percent-encode the rest)'),
+            ({"url": "/", "status": 200}, ".status: expected one of 301, 302, 303, 307, 308, got 200"),
+            ({"url": "/", "status": "302"}, '.status: expected one of 301, 302, 303, 307, 308, got "302"'),
+            ({"url": "/", "code": 301}, ': unknown key "code" (expected one of: status, type, url)'),
+        ]
+        for service, message in cases:
+            with self.subTest(service=service):
+                self.assertConfigError(self.config("redirect", **service), self.PATH + message)
+
+    def test_json(self):
+        r = self.serve(self.config("json", value={"ok": True}), b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.body), (200, b'{"ok":true}'))
+        r = self.serve(self.config("json", value=None), b"GET /s HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((r.status, r.body), (200, b"null"))
+        self.assertConfigError(self.config("json"),
+                               self.PATH + ': a "json" service needs "value" (the JSON value to serve)')
+        self.assertConfigError(self.config("json", value=1, options={"prettify": 1}),
+                               self.PATH + ".options.prettify: expected true or false, got a number 1")
+        self.assertConfigError(self.config("json", value=1, values=2),
+                               self.PATH + ': unknown key "values" (expected one of: options, type, value)')
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            wsgihost.build_transports(self.config("json", value=1, options={"allow_cross_origin": True}))
+        self.assertIn("'allow_cross_origin' is ignored by wsgihost", logs.output[0])
+
+    def test_start_up_line_names_each_kind(self):
+        node = wsgihost.Node(web_config({
+            "/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"},
+            "static": {"type": "static", "directory": "web"},
+            "go": {"type": "redirect", "url": "/static/"},
+            "info": {"type": "path", "paths": {"v": {"type": "json", "value": [1]}}}}), self.cbdir)
+        self.assertEqual(node.urls(), ["http://0.0.0.0:0/ (wsgi test_wsgihost:hello_app)",
+                                       "http://0.0.0.0:0/go (redirect)",
+                                       "http://0.0.0.0:0/info/v (json)",
+                                       "http://0.0.0.0:0/static (static)"])
 
 
 class CommandLineTests(unittest.TestCase):

@@ -23,12 +23,12 @@ What it implements:
   or a handler of yours; WSGI apps broadcast through
   ``environ["wsgihost.channels"]``. Autobahn|Testsuite cases 1-10 pass.
 - Crossbar.io's node config: router workers, web transports on TCP, paths
-  dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints and
-  nested ``path`` trees.
+  dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints,
+  ``static`` files (conditional and range requests, RFC 9110 §13-14),
+  ``redirect`` and ``json`` services, and nested ``path`` trees.
 
 What it does not do (yet): TLS, unix sockets, HTTP/2, permessage-deflate,
-``static``, ``redirect`` and ``json`` services, and the WAMP router that
-Crossbar also is.
+and the WAMP router that Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
@@ -41,6 +41,7 @@ wsgihost.py`` prints this map:
      6. The WSGI response: start_response, write, framing
      7. The connection: one thread, many requests
      8. WebSocket (RFC 6455): handshake, frames, messages, channels
+    8a. Static files, redirects and JSON values   (plain WSGI apps)
      9. Path dispatch and app loading
     10. Configuration
     11. The socket server and the node
@@ -55,16 +56,19 @@ from __future__ import annotations
 import _thread
 import argparse
 import base64
+import calendar
 import codecs
 import collections
 import enum
 import errno
 import fnmatch
 import hashlib
+import html
 import http
 import importlib
 import json
 import logging
+import mimetypes
 import os
 import queue
 import re
@@ -79,7 +83,7 @@ import sys
 import threading
 import time
 import traceback
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 __version__ = "0.1.0"
 __all__ = [
@@ -87,6 +91,7 @@ __all__ = [
     "FileWrapper", "parse_request_head", "parse_body_framing",
     "parse_request_target", "parse_chunk_size", "build_environ",
     "build_response_head", "main", "WebSocket", "Channel", "WebSocketError",
+    "StaticFiles", "Redirect", "JSONValue", "resolve_static_path", "parse_range",
 ]
 
 log = logging.getLogger("wsgihost")
@@ -188,6 +193,13 @@ ACCEPT_BURST = 64
 #: descriptors (EMFILE), instead of spinning on a listening socket that stays
 #: readable.
 ACCEPT_BACKOFF = 0.5
+#: Requests served at once by one static, redirect or json path. They wait
+#: on nothing but the client (a file sent to a slow reader holds its thread);
+#: more wait in the waiting room, holding no thread.
+BUILTIN_SERVICE_THREADS = 64
+#: Seconds a browser may cache a static file without asking again: the
+#: default of a static path's "cache_timeout" (Crossbar's: 12 hours).
+STATIC_CACHE_TIMEOUT = 12 * 60 * 60
 
 SERVER_SOFTWARE = "wsgihost/" + __version__
 
@@ -2148,6 +2160,453 @@ class WebSocketService:
         websocket.run(self.handler)
 
 # =============================================================================
+# 8a. Static files, redirects and JSON values
+# =============================================================================
+# Crossbar's "static", "redirect" and "json" path services, each a plain WSGI
+# app: any WSGI server can run them, and the config mounts them in a
+# WSGIService like any app, so they get the same limits, access log and error
+# handling. In: the environ. Out: status, headers and body -- a file's body is
+# wsgi.file_wrapper around the open file, which this server sends with
+# os.sendfile. Nothing here touches a socket; the parse_*/build_* functions
+# and resolve_static_path are pure (the last one reads symlinks, no more).
+#
+# A static path answers GET and HEAD (else 405). A path that would leave the
+# directory, or names a hidden file, gets 404 like a missing file: a 403
+# would confirm that it exists. A directory: 301 to its URL with a final "/"
+# (so that relative links in its page resolve inside it), then its
+# index.html, else a listing if enabled, else 404 (or the default file).
+# Preconditions are evaluated in RFC 9110 §13.2.2's order, then Range.
+
+# resolve_static_path is the one gate between a URL and the file system. The
+# attacks it stops (each one has its own test):
+#   ".." segments, also sent as %2e%2e (PATH_INFO arrives decoded), and ".";
+#   a "/" smuggled in as %2f: "a%2f..%2fb" is "a/../b" once decoded, and
+#     every "/" of the decoded path splits segments, whatever its spelling;
+#   "\" (Windows' separator, and what some proxies turn into "/") and NUL
+#     (it would cut the path short in C): refused anywhere in the path;
+#   an absolute or drive component ("C:x" on Windows): refused;
+#   symlinks leading out: the path is resolved with os.path.realpath and must
+#     stay under the (resolved) root -- symlinks within the root are fine;
+#   hidden segments (".git", ".env", ".crossbar/config.json"): refused unless
+#     allowed, since a "directory" of ".." would otherwise serve the node's
+#     config and TLS keys;
+#   text that is not latin-1 (a PEP 3333 server never sends it).
+# Empty segments ("//") are skipped: "//etc/passwd" is root/etc/passwd.
+
+def resolve_static_path(root: str, path_info: str, allow_hidden: bool = False):
+    """The path that ``path_info`` names under ``root``, or None if it is refused.
+
+    ``root`` is a directory's real path (os.path.realpath); ``path_info`` a
+    WSGI PATH_INFO (percent-decoded, latin-1). The result is a real path,
+    ``root`` or under it, which may or may not exist.
+    """
+    try:
+        raw = path_info.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    if b"\x00" in raw or b"\\" in raw:
+        return None
+    try:
+        decoded = os.fsdecode(raw)      # POSIX: never fails (surrogateescape)
+    except UnicodeDecodeError:
+        return None
+    segments = []
+    for segment in decoded.split("/"):
+        if not segment:
+            continue
+        if segment in (".", "..") or (segment[0] == "." and not allow_hidden):
+            return None
+        if os.path.isabs(segment) or os.path.splitdrive(segment)[0]:
+            return None
+        segments.append(segment)
+    path = os.path.realpath(os.path.join(root, *segments))
+    if path != root and not path.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    return path
+
+
+# RFC 9110 §14.1.1: ranges-specifier = range-unit "=" range-set, with
+# range-set = 1#range-spec; int-range = first-pos "-" [ last-pos ] and
+# suffix-range = "-" suffix-length.
+_RANGE_SPEC_RE = re.compile(r"([0-9]*)-([0-9]*)")
+
+
+def _position(digits: str) -> int:
+    # More than 18 digits is past the end of any file; int() of thousands of
+    # digits would cost time (and raise, past sys.get_int_max_str_digits()).
+    return int(digits) if len(digits) <= 18 else 10 ** 18
+
+
+def parse_range(value: str, size: int):
+    """The byte range a Range field asks of ``size`` bytes: (first, last), inclusive.
+
+    None means "ignore the field and send it all", which RFC 9110 §14.2
+    allows: another unit, bad syntax, or several ranges -- wsgihost does not
+    build multipart/byteranges, and the whole file with 200 is a valid
+    answer to several ranges. Raises HTTPError(416) for a range that is
+    valid but not satisfiable (§14.1.1: it starts past the end).
+    """
+    unit, eq, range_set = value.partition("=")
+    if not eq or unit.lower() != "bytes":
+        return None
+    specs = [spec for spec in (s.strip(" \t") for s in range_set.split(",")) if spec]
+    if len(specs) != 1:         # (RFC 9110 §5.6.1: empty list elements are allowed)
+        return None
+    match = _RANGE_SPEC_RE.fullmatch(specs[0])
+    if match is None or specs[0] == "-":
+        return None
+    first, last = match.groups()
+    if not first:                           # suffix-range: the last N bytes
+        suffix = _position(last)
+        if suffix == 0:
+            raise HTTPError(416, "the range %s asks for no bytes" % _show(value))
+        if size == 0:
+            return None     # §14.1.1: satisfiable, but an empty file has no byte to show
+        return max(0, size - suffix), size - 1
+    first = _position(first)
+    if last and _position(last) < first:
+        return None                         # §14.1.1: invalid, so ignored
+    if first >= size:
+        raise HTTPError(416, "the range %s starts past the end of the %d bytes"
+                        % (_show(value), size))
+    return first, size - 1 if not last else min(_position(last), size - 1)
+
+
+# RFC 9110 §5.6.7: HTTP-date = IMF-fixdate / obs-date, and a recipient accepts
+# all three forms: IMF-fixdate, rfc850-date and asctime-date.
+_HTTP_DATE_RES = tuple(re.compile(pattern) for pattern in (
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (?P<d>[0-9]{2}) (?P<m>[A-Z][a-z]{2}) (?P<y>[0-9]{4}) "
+    r"(?P<H>[0-9]{2}):(?P<M>[0-9]{2}):(?P<S>[0-9]{2}) GMT",
+    r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, (?P<d>[0-9]{2})-(?P<m>[A-Z][a-z]{2})-"
+    r"(?P<y>[0-9]{2}) (?P<H>[0-9]{2}):(?P<M>[0-9]{2}):(?P<S>[0-9]{2}) GMT",
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?P<m>[A-Z][a-z]{2}) (?P<d>[ 0-9][0-9]) "
+    r"(?P<H>[0-9]{2}):(?P<M>[0-9]{2}):(?P<S>[0-9]{2}) (?P<y>[0-9]{4})",
+))
+
+
+def parse_http_date(value: str):
+    """Seconds since the epoch for an HTTP-date (RFC 9110 §5.6.7), or None if it is not one."""
+    for regex in _HTTP_DATE_RES:
+        match = regex.fullmatch(value)
+        if match is not None:
+            break
+    else:
+        return None
+    day, hour, minute, second = (int(match[k]) for k in "dHMS")
+    if match["m"] not in _MONTHS or not (1 <= day <= 31 and hour < 24 and minute < 60
+                                         and second < 61):
+        return None
+    year = int(match["y"])
+    if len(match["y"]) == 2:
+        # §5.6.7: a two-digit year that would be more than 50 years ahead is in the past.
+        year += 2000 if 2000 + year <= time.gmtime().tm_year + 50 else 1900
+    return calendar.timegm((year, _MONTHS.index(match["m"]), day, hour, minute, second))
+
+
+# RFC 9110 §8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE. A member of an
+# If-Match or If-None-Match list that does not parse matches nothing.
+_ENTITY_TAG_RE = re.compile(r'(W/)?("[\x21\x23-\x7e\x80-\xff]*")')
+
+
+def _etag_in(field_value: str, etag: str, weak: bool) -> bool:
+    """Does an If-Match / If-None-Match value match ``etag`` (a strong tag)?
+
+    RFC 9110 §8.8.3.2: the weak comparison ignores "W/"; the strong one
+    never matches a weak tag. "*" matches any current representation.
+    """
+    if field_value == "*":
+        return True
+    return any(tag == etag and (weak or not w) for w, tag in _ENTITY_TAG_RE.findall(field_value))
+
+
+def evaluate_preconditions(environ: dict, etag: str, last_modified: int, size: int):
+    """How to answer a GET or HEAD of a file: (status, (first, last) or None).
+
+    The status is 200, 206 (with the byte range), 304 or 412; an
+    unsatisfiable range raises HTTPError(416). RFC 9110 §13.2.2's order: If-Match, or without it If-Unmodified-Since
+    (false: 412); then If-None-Match, or without it If-Modified-Since
+    (false: 304); then Range, honoured only while If-Range, if sent, matches.
+    """
+    get = environ.get
+    if_match = get("HTTP_IF_MATCH")
+    if if_match is not None:
+        if not _etag_in(if_match, etag, weak=False):                # §13.1.1
+            return 412, None
+    else:
+        date = parse_http_date(get("HTTP_IF_UNMODIFIED_SINCE", ""))
+        if date is not None and last_modified > date:               # §13.1.4
+            return 412, None
+    if_none_match = get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        if _etag_in(if_none_match, etag, weak=True):                # §13.1.2
+            return 304, None
+    else:
+        date = parse_http_date(get("HTTP_IF_MODIFIED_SINCE", ""))   # invalid: ignored
+        if date is not None and last_modified <= date:              # §13.1.3
+            return 304, None
+    range_value = get("HTTP_RANGE")
+    if range_value is None:
+        return 200, None
+    if_range = get("HTTP_IF_RANGE")
+    # §13.1.5: an entity-tag (it starts with a DQUOTE or W/) must match
+    # strongly, so a weak one never does; a date must equal Last-Modified.
+    if if_range is not None and if_range != etag and (
+            if_range.startswith(('"', "W/")) or parse_http_date(if_range) != last_modified):
+        return 200, None
+    byte_range = parse_range(range_value, size)
+    return (200, None) if byte_range is None else (206, byte_range)
+
+
+def build_directory_listing(url_path: str, names: list) -> bytes:
+    """An HTML page listing ``names`` (file names; a directory's ends with "/").
+
+    ``url_path`` is the directory's SCRIPT_NAME + PATH_INFO (latin-1). Names
+    are HTML-escaped as text and percent-encoded in links, so a file called
+    ``<script>`` or ``a:b`` shows as itself and links to itself.
+    """
+    title = html.escape(url_path.encode("latin-1").decode("utf-8", "replace"))
+    items = "".join('<li><a href="%s">%s</a></li>\n' % (
+        html.escape(quote(os.fsencode(name), safe="/")),
+        html.escape(os.fsencode(name).decode("utf-8", "replace"))) for name in names)
+    return ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Index of %s</title></head>\n'
+            '<body><h1>Index of %s</h1>\n<ul>\n%s</ul></body></html>\n'
+            % (title, title, items)).encode("utf-8")
+
+
+def _answer(environ: dict, start_response, code: int, text: str, headers=()) -> list:
+    """A short plain-text answer (301, 404, 405...) from one of these apps."""
+    body = plain_text_body(code, text)
+    start_response("%d %s" % (code, _STATUS_PHRASES[code]),
+                   [("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))), *headers])
+    return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+
+def _open_static(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever
+    # (reading a regular file ignores it); O_NOFOLLOW: a symlink put in place
+    # after resolve_static_path looked is refused, not followed.
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+
+
+class _FileSlice:
+    """A file read no further than offset ``stop``: one byte range.
+
+    It keeps fileno() and tell(), so this server still sends it with
+    os.sendfile (from tell(), capped by Content-Length); a server that
+    iterates over wsgi.file_wrapper reads no more than the range either.
+    """
+
+    def __init__(self, f, stop: int):
+        self.file = f
+        self.stop = stop
+        self.fileno, self.tell, self.seek, self.close = f.fileno, f.tell, f.seek, f.close
+
+    def read(self, size: int = -1) -> bytes:
+        left = max(0, self.stop - self.file.tell())
+        return self.file.read(left if size is None or size < 0 else min(size, left))
+
+
+class StaticFiles:
+    """Crossbar's "static" service as a WSGI app: the files under ``directory``.
+
+    >>> app = StaticFiles("public", cache_timeout=None)     # runs under any WSGI server
+
+    ``default_file`` (relative to the directory) is served with 200 for any
+    path that names nothing -- what a single-page app's client-side routes
+    need -- but never for a refused one. ``cache_timeout`` None sends no
+    Cache-Control; 0 sends ``max-age=0`` (caches revalidate every time,
+    cheaply, with the ETag). ``mime_types`` maps extensions (".svg") to
+    media types, over the ``mimetypes`` module's.
+    """
+
+    def __init__(self, directory: str, *, enable_directory_listing: bool = False,
+                 mime_types: dict = None, cache_timeout=STATIC_CACHE_TIMEOUT,
+                 default_file: str = None, allow_hidden_files: bool = False):
+        self.root = os.path.realpath(directory)
+        if not os.path.isdir(self.root):
+            raise ValueError("%s is not a directory" % self.root)
+        self.listing = enable_directory_listing
+        self.allow_hidden = allow_hidden_files
+        self.mime_types = {"." + ext.lstrip(".").lower(): media_type
+                           for ext, media_type in (mime_types or {}).items()}
+        self.cache_control = (None if cache_timeout is None
+                              else "max-age=%d, public" % cache_timeout)
+        if not mimetypes.inited:
+            mimetypes.init()    # now, not in the first requests' threads at once
+        self.default_file = None
+        if default_file is not None:
+            self.default_file = resolve_static_path(
+                self.root, "/" + os.fsencode(default_file).decode("latin-1"), True)
+            if self.default_file is None or not os.path.isfile(self.default_file):
+                raise ValueError('"%s" is not a file in %s' % (default_file, self.root))
+
+    def __call__(self, environ: dict, start_response) -> list:
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD"):
+            return _answer(environ, start_response, 405, "a static path answers GET and HEAD only",
+                           [("Allow", "GET, HEAD")])
+        path_info = environ.get("PATH_INFO", "")
+        path = resolve_static_path(self.root, path_info, self.allow_hidden)
+        if path is None:
+            return self._not_found(environ, start_response)
+        if os.path.isdir(path):
+            if not path_info.endswith("/"):
+                return self._redirect_to_directory(environ, start_response)
+            index = resolve_static_path(self.root, path_info + "index.html", self.allow_hidden)
+            if index is not None and os.path.isfile(index):
+                path = index
+            elif self.listing:
+                return self._send_listing(environ, start_response, path, path_info)
+        elif path_info.endswith("/"):
+            path = None         # "/a.txt/" asks for a directory, and a.txt is none
+        result = None if path is None else self._send_file(environ, start_response, path)
+        if result is None and self.default_file is not None:
+            result = self._send_file(environ, start_response, self.default_file)
+        return result if result is not None else self._not_found(environ, start_response)
+
+    def _not_found(self, environ: dict, start_response) -> list:
+        url_path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        return _answer(environ, start_response, 404, "nothing is served at %s" % _show(url_path, 200))
+
+    def _redirect_to_directory(self, environ: dict, start_response) -> list:
+        # Empty segments are dropped: "//evil.example" + "/" would be a
+        # protocol-relative URL, an open redirect.
+        rest = "/".join(segment for segment in environ.get("PATH_INFO", "").split("/") if segment)
+        location = quote(environ.get("SCRIPT_NAME", "") + ("/" + rest if rest else "") + "/",
+                         safe="/!$&'()*+,;=:@", encoding="latin-1")
+        if environ.get("QUERY_STRING"):
+            location += "?" + environ["QUERY_STRING"]
+        return _answer(environ, start_response, 301, "see %s" % location, [("Location", location)])
+
+    def _send_listing(self, environ: dict, start_response, directory: str, path_info: str) -> list:
+        try:
+            with os.scandir(directory) as entries:
+                names = sorted(entry.name + "/" if entry.is_dir() else entry.name
+                               for entry in entries
+                               if self.allow_hidden or not entry.name.startswith("."))
+        except OSError:
+            return self._not_found(environ, start_response)
+        if path_info != "/":
+            names.insert(0, "../")
+        body = build_directory_listing(environ.get("SCRIPT_NAME", "") + path_info, names)
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [body]
+
+    def media_type(self, path: str) -> str:
+        """The Content-Type of the file at ``path``, from its extension."""
+        ext = os.path.splitext(path)[1].lower()
+        media_type = self.mime_types.get(ext)
+        if media_type is None:
+            media_type, encoding = mimetypes.guess_type("x" + ext)
+            if media_type is None or encoding is not None:
+                # Unknown; or compressed (".gz"), when the type would be that of
+                # the content once uncompressed: a download, as nginx has it.
+                return "application/octet-stream"
+        # JavaScript is text/ from Python 3.12 and application/ before: same charset.
+        if ((media_type.startswith("text/") or media_type == "application/javascript")
+                and "charset" not in media_type.lower()):
+            media_type += "; charset=utf-8"
+        return media_type
+
+    def _send_file(self, environ: dict, start_response, path: str):
+        """Answer with the regular file at ``path``; None, with nothing sent, if it is not one."""
+        try:
+            f = open(path, "rb", opener=_open_static)
+        except OSError as exc:      # missing, a directory, unreadable, a symlink swapped in
+            log.debug("static file %s: %s", path, exc)
+            return None
+        try:
+            status = os.fstat(f.fileno())
+            if not stat.S_ISREG(status.st_mode):    # a FIFO, a device, a socket
+                f.close()
+                return None
+            size = status.st_size
+            # RFC 9110 §8.8.2.1: Last-Modified is never later than now.
+            last_modified = min(int(status.st_mtime), int(time.time()))
+            etag = '"%x-%x"' % (status.st_mtime_ns, size)
+            headers = [("ETag", etag)]
+            if self.cache_control is not None:
+                headers.append(("Cache-Control", self.cache_control))
+            try:
+                code, byte_range = evaluate_preconditions(environ, etag, last_modified, size)
+            except HTTPError as exc:
+                f.close()
+                return _answer(environ, start_response, 416, exc.detail,
+                               [("Content-Range", "bytes */%d" % size)])    # §15.5.17
+            if code == 304:     # RFC 9110 §15.4.5: the 200's ETag and Cache-Control, no content
+                f.close()
+                start_response("304 Not Modified", headers)
+                return []
+            if code == 412:
+                f.close()
+                return _answer(environ, start_response, 412, "the file has changed")
+            first, last = byte_range or (0, size - 1)
+            headers += [("Last-Modified", format_http_date(last_modified)),
+                        ("Content-Type", self.media_type(path)),
+                        ("Content-Length", str(last - first + 1)), ("Accept-Ranges", "bytes")]
+            if code == 206:
+                headers.append(("Content-Range", "bytes %d-%d/%d" % (first, last, size)))
+            start_response("200 OK" if code == 200 else "206 Partial Content", headers)
+            if environ["REQUEST_METHOD"] == "HEAD" or first > last:
+                f.close()
+                return []
+            f.seek(first)
+            return environ.get("wsgi.file_wrapper", FileWrapper)(_FileSlice(f, last + 1))
+        except BaseException:
+            f.close()
+            raise
+
+
+class Redirect:
+    """Crossbar's "redirect" service: every request gets ``status`` to ``url``.
+
+    Every method is redirected (Crossbar: GET only); 307 and 308 keep the
+    method and body, 301 and 302 let clients turn a POST into a GET.
+    """
+
+    def __init__(self, url: str, status: int = 302):
+        self.status = "%d %s" % (status, _STATUS_PHRASES[status])
+        self.url = url
+        self.body = plain_text_body(status, "see %s" % url)
+
+    def __call__(self, environ: dict, start_response) -> list:
+        start_response(self.status, [("Location", self.url),
+                                     ("Content-Type", "text/plain; charset=utf-8"),
+                                     ("Content-Length", str(len(self.body)))])
+        return [] if environ["REQUEST_METHOD"] == "HEAD" else [self.body]
+
+
+class JSONValue:
+    """Crossbar's "json" service: GET returns ``value`` as application/json.
+
+    The value is serialized once, as Crossbar does it: UTF-8, compact, or
+    with ``prettify`` sorted and indented by 3.
+    """
+
+    def __init__(self, value, prettify: bool = False, discourage_caching: bool = False):
+        if prettify:
+            text = json.dumps(value, ensure_ascii=False, sort_keys=True, indent=3)
+        else:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        # A lone surrogate (only an escape like "\ud800" makes one) cannot be UTF-8:
+        # backslashreplace writes it back as that same JSON escape.
+        self.body = text.encode("utf-8", "backslashreplace")
+        self.headers = [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(self.body)))]
+        if discourage_caching:
+            self.headers.append(("Cache-Control", "no-store"))
+
+    def __call__(self, environ: dict, start_response) -> list:
+        method = environ["REQUEST_METHOD"]
+        if method != "GET" and method != "HEAD":
+            return _answer(environ, start_response, 405, "a json path answers GET and HEAD only",
+                           [("Allow", "GET, HEAD")])
+        start_response("200 OK", list(self.headers))
+        return [] if method == "HEAD" else [self.body]
+
+
+# =============================================================================
 # 9. Path dispatch and app loading
 # =============================================================================
 # A web transport's "paths" is a tree: each key is one URL segment (or "/",
@@ -2231,14 +2690,17 @@ class OwnAnswers:
 
 
 class WSGIService:
-    """A WSGI app on a path; at most ``maxthreads`` requests run in it at once."""
+    """A WSGI app on a path; at most ``maxthreads`` requests run in it at once.
 
-    kind = "wsgi"
+    ``kind`` names it in the start-up line: "wsgi", or the static, redirect
+    and json services (section 8a), which are WSGI apps too.
+    """
 
     def __init__(self, app, label: str, minthreads: int = 0, maxthreads: int = 20,
-                 display_tracebacks: bool = False):
+                 display_tracebacks: bool = False, kind: str = "wsgi"):
         self.app = app
         self.label = label
+        self.kind = kind
         self.minthreads = minthreads
         self.maxthreads = maxthreads
         self.gate = Gate(maxthreads)
@@ -2360,8 +2822,24 @@ IGNORED_WEBSOCKET_OPTIONS = (
     "mask_server_frames", "require_masked_frames", "apply_mask", "auto_fragment_size",
     "enable_flash_policy", "flash_policy", "max_connections", "auto_ping_size",
     "auto_ping_restart_on_any_traffic", "show_server_version", "server")
+#: The options of a static path: Crossbar's, and allow_hidden_files. Kind
+#: None: checked by _build_static.
+STATIC_OPTIONS = {
+    "enable_directory_listing": (False, "bool"),
+    "allow_hidden_files": (False, "bool"),
+    "cache_timeout": (STATIC_CACHE_TIMEOUT, None),
+    "default_file": (None, None),
+    "mime_types": ({}, None),
+}
+#: The options of a json path (Crossbar's "allow_cross_origin" is ignored).
+JSON_OPTIONS = {"prettify": (False, "bool"), "discourage_caching": (False, "bool")}
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+# RFC 9110 §8.3.1: media-type = type "/" subtype parameters.
+MEDIA_TYPE_RE = re.compile(r'[{0}]+/[{0}]+(?:[ \t]*;[ \t]*[{0}]+=(?:[{0}]+|"[\t \x21\x23-\x5b\x5d-\x7e]*"))*'
+                           .format(_TCHAR.decode("ascii")))
+# A Location value: a URI-reference (RFC 3986) is printable ASCII, no space.
+URL_RE = re.compile(r"[\x21-\x7e]+")
 SERVICE_TYPES = ("json", "path", "redirect", "static", "websocket", "wsgi")
-NOT_YET_SERVICE_TYPES = ("json", "redirect", "static")
 WAMP_SERVICE_TYPES = ("caller", "publisher", "webhook", "longpoll", "reverseproxy", "cgi",
                       "resource", "wap", "fileupload", "nodeinfo", "schemadoc", "upload",
                       "archive", "mqtt", "rawsocket", "websocket-reverseproxy")
@@ -2506,7 +2984,7 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
                                                           transport.get("endpoint"))
     paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
-    root = _build_path_node(where / "paths", paths, values["display_tracebacks"])
+    root = _build_path_node(where / "paths", paths, values["display_tracebacks"], cbdir)
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
                         limits=limits, access_log=values["access_log"], where=where.path)
@@ -2535,6 +3013,8 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
             _expect(w, value, list, "a list of strings")
             for i, item in enumerate(value):
                 _expect(w / i, item, str, "a string")
+        elif kind is None:
+            pass                # the caller checks it
         elif value is not None or kind == "size":
             if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
                                                               else "")) < 1:
@@ -2584,14 +3064,15 @@ def _parse_endpoint(where: _Where, endpoint):
 _PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
 
 
-def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool) -> PathNode:
+def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool,
+                     cbdir: str = ".") -> PathNode:
     node = PathNode()
     for key, service in paths.items():
         w = where / key
         if _PATH_KEY_RE.fullmatch(key) is None:
             raise w.error("invalid path %s: a key is \"/\" or one URL segment of letters, digits, "
                           "\"_\" and \"-\"" % json.dumps(key))
-        built = _build_service(w, service, display_tracebacks)
+        built = _build_service(w, service, display_tracebacks, cbdir)
         if key == "/":
             node.default = built
         else:
@@ -2599,7 +3080,7 @@ def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool) -> Pa
     return node
 
 
-def _build_service(where: _Where, service, display_tracebacks: bool):
+def _build_service(where: _Where, service, display_tracebacks: bool, cbdir: str = "."):
     _expect(where, service, dict, "a service object")
     kind = service.get("type")
     if kind in WAMP_SERVICE_TYPES:
@@ -2608,13 +3089,14 @@ def _build_service(where: _Where, service, display_tracebacks: bool):
     if kind not in SERVICE_TYPES:
         raise where.error("unknown type %s (expected one of: %s)"
                           % (json.dumps(kind), ", ".join(SERVICE_TYPES)))
-    if kind in NOT_YET_SERVICE_TYPES:
-        raise (where / "type").error('type "%s" is not supported by wsgihost %s yet'
-                                     % (kind, __version__))
+    if kind in ("static", "redirect", "json"):
+        build = {"static": _build_static, "redirect": _build_redirect, "json": _build_json}[kind]
+        app, label = build(where, service, cbdir)
+        return WSGIService(app, label, 0, BUILTIN_SERVICE_THREADS, display_tracebacks, kind=kind)
     if kind == "path":
         _check_keys(where, service, ("type", "paths"))
         paths = _expect(where / "paths", service.get("paths"), dict, "an object of paths")
-        node = _build_path_node(where / "paths", paths, display_tracebacks)
+        node = _build_path_node(where / "paths", paths, display_tracebacks, cbdir)
         if type(node.default) is PathNode:
             raise (where / "paths" / "/").error('"/" must be a service, not a nested path')
         return node
@@ -2640,6 +3122,80 @@ def _build_service(where: _Where, service, display_tracebacks: bool):
         raise where.error("minthreads (%d) must not exceed maxthreads (%d)" % (minthreads, maxthreads))
     label = "%s:%s" % (service["module"], service["object"])
     return WSGIService(app, label, minthreads, maxthreads, display_tracebacks)
+
+
+def _build_static(where: _Where, service: dict, cbdir: str):
+    """A "static" service's StaticFiles app and label; relative paths from CBDIR."""
+    _check_keys(where, service, ("type", "directory", "package", "resource", "options"))
+    if "directory" in service:
+        if "package" in service or "resource" in service:
+            raise where.error('give "directory", or "package" and "resource", not both')
+        given = _expect(where / "directory", service["directory"], str, "a directory")
+        directory = os.path.abspath(os.path.join(cbdir, given))
+        if not os.path.isdir(directory):
+            raise (where / "directory").error('"%s": no such directory (%s)' % (given, directory))
+    elif "package" in service and "resource" in service:
+        package = _expect(where / "package", service["package"], str, "a package name")
+        resource = _expect(where / "resource", service["resource"], str, "a folder of the package")
+        load_object(package, "__name__", where.path, where.filename)     # import it
+        module = sys.modules[package]
+        folders = list(getattr(module, "__path__", None) or
+                       [os.path.dirname(getattr(module, "__file__", None) or "")])
+        for folder in folders:
+            directory = os.path.join(folder, resource)
+            if os.path.isdir(directory):
+                break
+        else:
+            raise (where / "resource").error('package "%s" has no folder "%s" (looked in: %s)'
+                                             % (package, resource, ", ".join(folders)))
+    else:
+        raise where.error('a "static" service needs "directory", or "package" and "resource"')
+    w = where / "options"
+    values = _check_options(w, service.get("options", {}), STATIC_OPTIONS)
+    timeout = values["cache_timeout"]
+    if timeout is not None and _expect(w / "cache_timeout", timeout, int,
+                                       "a whole number of seconds or null") < 0:
+        raise (w / "cache_timeout").error("must be 0 or more, got %d" % timeout)
+    mime_types = _expect(w / "mime_types", values["mime_types"], dict,
+                         'an object like {".svg": "image/svg+xml"}')
+    for ext, media_type in mime_types.items():
+        if type(media_type) is not str or MEDIA_TYPE_RE.fullmatch(media_type) is None:
+            raise (w / "mime_types").error('%s: expected a media type like "image/svg+xml", got %s'
+                                           % (json.dumps(ext), json.dumps(media_type)[:60]))
+    if values["default_file"] is not None:
+        _expect(w / "default_file", values["default_file"], str, "a file name or null")
+    try:
+        app = StaticFiles(directory, enable_directory_listing=values["enable_directory_listing"],
+                          mime_types=mime_types, cache_timeout=timeout,
+                          default_file=values["default_file"],
+                          allow_hidden_files=values["allow_hidden_files"])
+    except ValueError as exc:       # only default_file is left to fail
+        raise (w / "default_file").error(str(exc)) from None
+    return app, "static " + app.root
+
+
+def _build_redirect(where: _Where, service: dict, cbdir: str):
+    _check_keys(where, service, ("type", "url", "status"))
+    if "url" not in service:
+        raise where.error('a "redirect" service needs "url" (where to send the client)')
+    url = _expect(where / "url", service["url"], str, "a URL")
+    if URL_RE.fullmatch(url) is None:
+        raise (where / "url").error("invalid URL %s: expected printable ASCII without spaces "
+                                    "(percent-encode the rest)" % json.dumps(url)[:80])
+    status = service.get("status", 302)
+    if type(status) is not int or status not in REDIRECT_STATUSES:
+        raise (where / "status").error("expected one of 301, 302, 303, 307, 308, got %s"
+                                       % json.dumps(status)[:60])
+    return Redirect(url, status), "redirect " + url
+
+
+def _build_json(where: _Where, service: dict, cbdir: str):
+    _check_keys(where, service, ("type", "value", "options"))
+    if "value" not in service:
+        raise where.error('a "json" service needs "value" (the JSON value to serve)')
+    values = _check_options(where / "options", service.get("options", {}), JSON_OPTIONS,
+                            ignored=("allow_cross_origin",))
+    return JSONValue(service["value"], values["prettify"], values["discourage_caching"]), "json"
 
 
 def _load_app(where: _Where, service: dict, what: str):
