@@ -20,6 +20,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import threading
 import time
 import unittest
 import unittest.mock
+import warnings
 from wsgiref.validate import validator
 
 import wsgihost
@@ -1477,8 +1479,10 @@ class WebSocketHandshakeTests(unittest.TestCase):
 class WSClient:
     """A minimal RFC 6455 client for the tests, on the module's own frame functions."""
 
-    def __init__(self, port, path="/ws", headers=(), timeout=10):
+    def __init__(self, port, path="/ws", headers=(), timeout=10, context=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if context is not None:                         # wss://
+            self.sock = context.wrap_socket(self.sock, server_hostname="localhost")
         key = base64.b64encode(os.urandom(16)).decode()
         lines = ["GET %s HTTP/1.1" % path, "Host: 127.0.0.1:%d" % port, "Upgrade: websocket",
                  "Connection: Upgrade", "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13"]
@@ -2486,6 +2490,361 @@ class SocketTests(unittest.TestCase):
 # Hardening (SPEC §4): smuggling patterns, limits, slow clients, faults, fuzzing, load
 # -----------------------------------------------------------------------------
 
+# -----------------------------------------------------------------------------
+# TLS: https and wss (section 10a; the handshake in the waiting room)
+# -----------------------------------------------------------------------------
+# Self-signed test certificates (P-256, valid until 2126): the server's, for
+# localhost, 127.0.0.1 and ::1, and a client's, which is its own CA.
+SERVER_CERT = """-----BEGIN CERTIFICATE-----
+MIIB4TCCAYagAwIBAgIUOpvKxaD5aWPyhQ4NEaUSAeHlZGQwCgYIKoZIzj0EAwIw
+LTESMBAGA1UEAwwJbG9jYWxob3N0MRcwFQYDVQQKDA53c2dpaG9zdCB0ZXN0czAg
+Fw0yNjEyMDIxMTU3MjVaGA8yMTI2MTEwODExNTcyNVowLTESMBAGA1UEAwwJbG9j
+YWxob3N0MRcwFQYDVQQKDA53c2dpaG9zdCB0ZXN0czBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABOo8l3dQe77389jArP/ovWPOLT0fgqswyjFzjhV5s1OW7jbVuZua
+pu2FhcbVBPkmUfRdG/pf0jQrMOdDl8BFlwyjgYEwfzAdBgNVHQ4EFgQUw/AnQK+a
+1Wk12clJ8PWeCpbic9AwHwYDVR0jBBgwFoAUw/AnQK+a1Wk12clJ8PWeCpbic9Aw
+DwYDVR0TAQH/BAUwAwEB/zAsBgNVHREEJTAjgglsb2NhbGhvc3SHBH8AAAGHEAAA
+AAAAAAAAAAAAAAAAAAEwCgYIKoZIzj0EAwIDSQAwRgIhAMLX+aZwp6Z8Dp9otGmS
+P/6OAdZ1ligBpp9uYDDbreGpAiEA+043vWPQdAf6Z6XOkSxEOToSpjGD+E493scw
+3agve6E=
+-----END CERTIFICATE-----
+"""
+SERVER_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgYGeqmsyVTWFgP/LL
+wSmJ77fFS2qoAzHLjlwt9rHK2pmhRANCAATqPJd3UHu+9/PYwKz/6L1jzi09H4Kr
+MMoxc44VebNTlu421bmbmqbthYXG1QT5JlH0XRv6X9I0KzDnQ5fARZcM
+-----END PRIVATE KEY-----
+"""
+CLIENT_CERT = """-----BEGIN CERTIFICATE-----
+MIIB+jCCAaGgAwIBAgIUZLoYMQTkNRrYVN0o+/W4wfzLL7YwCgYIKoZIzj0EAwIw
+UjEVMBMGA1UEAwwMQWxpY2UgQ2xpZW50MRcwFQYDVQQKDA53c2dpaG9zdCB0ZXN0
+czEgMB4GCSqGSIb3DQEJARYRYWxpY2VAZXhhbXBsZS5vcmcwIBcNMjYxMjAyMTE1
+NzI1WhgPMjEyNjExMDgxMTU3MjVaMFIxFTATBgNVBAMMDEFsaWNlIENsaWVudDEX
+MBUGA1UECgwOd3NnaWhvc3QgdGVzdHMxIDAeBgkqhkiG9w0BCQEWEWFsaWNlQGV4
+YW1wbGUub3JnMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEWWtSXqdL/7WDs7oh
+uio1P/sD/b6NreIWKvLo0VNOTOy8MmKSpN6lT3T3ODazAddETaNmjyVqY9TC/rhY
+ufKP7KNTMFEwHQYDVR0OBBYEFMh0WF1U4zVWz/BBlCFXLcVo8usyMB8GA1UdIwQY
+MBaAFMh0WF1U4zVWz/BBlCFXLcVo8usyMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
+zj0EAwIDRwAwRAIgFZ2etooO42fxnOujSMhJehMt8HHsm+5wu+/lMcouhIgCIEi1
+wAKz2XcSd5D6U+oG0f+5KvhpKWxuc0wOsfLXQysX
+-----END CERTIFICATE-----
+"""
+CLIENT_KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgGLgoUQUw2aMxtyPe
+nY69X3ZII0r2BF+2h6pxzmkTX/WhRANCAARZa1Jep0v/tYOzuiG6KjU/+wP9vo2t
+4hYq8ujRU05M7LwyYpKk3qVPdPc4NrMB10RNo2aPJWpj1ML+uFi58o/s
+-----END PRIVATE KEY-----
+"""
+
+
+def tls_environ_app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({k: v for k, v in environ.items()
+                        if k.startswith(("SSL_", "HTTPS", "wsgi.url_scheme"))}).encode()]
+
+
+class TLSTests(unittest.TestCase):
+
+    def setUp(self):
+        self.cbdir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.cbdir, True)
+        for name, text in (("server.pem", SERVER_CERT), ("server.key", SERVER_KEY),
+                           ("client.pem", CLIENT_CERT), ("client.key", CLIENT_KEY)):
+            with open(os.path.join(self.cbdir, name), "w") as f:
+                f.write(text)
+        self.client_context = ssl.create_default_context(cadata=SERVER_CERT)
+
+    def start(self, tls=None, options=None, paths=None):
+        tls = dict({"key": "server.key", "certificate": "server.pem"}, **(tls or {}))
+        config = web_config(paths or {"/": {"type": "wsgi", "module": "test_wsgihost",
+                                             "object": "tls_environ_app"},
+                                       "ws": {"type": "websocket"}},
+                            {"type": "tcp", "port": 0, "interface": "127.0.0.1", "tls": tls},
+                            **(options or {}))
+        node = wsgihost.Node(config, self.cbdir).start()
+        self.addCleanup(node.stop, 0)
+        return node, node.transports[0].port
+
+    def get(self, port, path="/", context=None):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context or self.client_context,
+                                           timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp, resp.read()
+
+    def test_https_and_wss_to_a_client_that_verifies_the_certificate(self):
+        node, port = self.start(options={"options": {"hsts": True, "hsts_max_age": 600}})
+        self.assertEqual(node.urls(), ["https://127.0.0.1:%d/ (wsgi test_wsgihost:tls_environ_app)" % port,
+                                       "wss://127.0.0.1:%d/ws (websocket)" % port])
+        for _ in range(2):                          # keep-alive over TLS
+            resp, body = self.get(port)
+            self.assertEqual(resp.status, 200)
+            environ = json.loads(body)
+            self.assertEqual(environ["wsgi.url_scheme"], "https")
+            self.assertEqual(environ["HTTPS"], "on")
+            self.assertIn(environ["SSL_PROTOCOL"], ("TLSv1.2", "TLSv1.3"))
+            self.assertEqual(environ["SSL_CLIENT_VERIFY"], "NONE")
+            self.assertEqual(resp.getheader("Strict-Transport-Security"), "max-age=600")   # RFC 6797
+        client = WSClient(port, context=self.client_context)
+        self.addCleanup(client.close)
+        self.assertEqual(client.status, 101)
+        client.send_text("over wss")
+        self.assertEqual(client.recv_text(), "over wss")
+
+    def test_tls_1_1_is_refused_and_alpn_says_http_1_1(self):
+        node, port = self.start()
+        old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        old.load_verify_locations(cadata=SERVER_CERT)
+        try:
+            with warnings.catch_warnings():     # deprecated, which is the point
+                warnings.simplefilter("ignore", DeprecationWarning)
+                old.maximum_version = ssl.TLSVersion.TLSv1_1
+                old.minimum_version = ssl.TLSVersion.TLSv1
+        except (ValueError, ssl.SSLError):
+            self.skipTest("this OpenSSL cannot even offer TLS 1.1")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with self.assertRaises(ssl.SSLError):
+                old.wrap_socket(raw, server_hostname="localhost")
+        context = ssl.create_default_context(cadata=SERVER_CERT)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="localhost") as sock:
+            self.assertEqual(sock.selected_alpn_protocol(), "http/1.1")
+
+    def test_100_clients_stuck_before_the_handshake_do_not_delay_a_fresh_client(self):
+        node, port = self.start(options={"options": {"client_timeout": 30}})
+        stuck = []
+        for _ in range(100):                        # connect, never say hello
+            stuck.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        self.addCleanup(lambda: [sock.close() for sock in stuck])
+        half = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(half.close)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01")  # the start of a ClientHello, then nothing
+        start = time.monotonic()
+        resp, body = self.get(port)
+        self.assertEqual(resp.status, 200)
+        self.assertLess(time.monotonic() - start, 1.0)
+
+    def test_a_stalled_handshake_is_closed_at_client_timeout(self):
+        node, port = self.start(options={"options": {"client_timeout": 0.5}})
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        start = time.monotonic()
+        self.assertEqual(sock.recv(100), b"")
+        self.assertLess(time.monotonic() - start, 5)
+
+    def test_plain_http_on_a_tls_port_is_closed_and_others_served(self):
+        node, port = self.start()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertNotIn(b"200 OK", recv_until_closed(sock))
+        self.assertEqual(self.get(port)[0].status, 200)
+
+    def test_client_certificate_subject_reaches_the_app(self):
+        node, port = self.start(tls={"ca_certificates": ["client.pem"]})
+        context = ssl.create_default_context(cadata=SERVER_CERT)
+        context.load_cert_chain(os.path.join(self.cbdir, "client.pem"),
+                                os.path.join(self.cbdir, "client.key"))
+        resp, body = self.get(port, context=context)
+        environ = json.loads(body)
+        self.assertEqual(environ["SSL_CLIENT_VERIFY"], "SUCCESS")
+        self.assertEqual(environ["SSL_CLIENT_S_DN"],
+                         "emailAddress=alice@example.org,O=wsgihost tests,CN=Alice Client")
+        self.assertEqual(environ["SSL_CLIENT_S_DN_CN"], "Alice Client")
+        self.assertEqual(environ["SSL_CLIENT_S_DN_Email"], "alice@example.org")
+        self.assertEqual(environ["SSL_CLIENT_I_DN"], environ["SSL_CLIENT_S_DN"])  # self-signed
+        with self.assertRaises((ssl.SSLError, ConnectionError)):   # no certificate: refused
+            self.get(port)
+
+    def test_distinguished_names_are_escaped_as_rfc_4514_says(self):
+        name = ((("countryName", "DE"),), (("organizationName", "A, B + C"),),
+                (("commonName", " #x "),))
+        self.assertEqual(wsgihost.format_distinguished_name(name), "CN=\\ #x\\ ,O=A\\, B \\+ C,C=DE")
+
+    def test_tls_config_errors_name_the_file(self):
+        cases = [
+            ({"key": "missing.key", "certificate": "server.pem"},
+             'endpoint.tls.key: no such file: %s' % os.path.join(self.cbdir, "missing.key")),
+            ({"key": "client.key", "certificate": "server.pem"},
+             "endpoint.tls: cannot load the certificate server.pem with the key client.key: "),
+            ({"certificate": "server.pem"}, 'endpoint.tls: a TLS endpoint needs "key" (a PEM file)'),
+            ({"key": "server.key", "certificate": "server.pem", "ciphers": "NO-SUCH-CIPHER"},
+             "endpoint.tls.ciphers: no usable cipher in 'NO-SUCH-CIPHER'"),
+            ({"key": "server.key", "certificate": "server.pem", "sni": {}},
+             'endpoint.tls: unknown key "sni" (expected one of: ca_certificates, certificate, '
+             'chain_certificates, ciphers, dhparam, key)'),
+        ]
+        for tls, message in cases:
+            with self.subTest(tls=tls):
+                config = web_config({"/": {"type": "wsgi", "module": "test_wsgihost",
+                                           "object": "hello_app"}},
+                                    {"type": "tcp", "port": 0, "tls": tls})
+                with self.assertRaises(wsgihost.ConfigError) as caught:
+                    wsgihost.build_transports(config, self.cbdir, ".crossbar/config.json")
+                self.assertIn(".crossbar/config.json: workers[0].transports[0]." + message,
+                              str(caught.exception))
+                self.assertNotIn("\n", str(caught.exception))
+
+
+class WaitingRoomTests(unittest.TestCase):
+    """Section 11: what waits holds a socket, not a thread; every wait has a bound."""
+
+    def wait_for(self, condition, timeout=10, what="condition"):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, what)
+            time.sleep(0.01)
+
+    def hung_node(self, maxthreads=2, **options):
+        """A node with an app that hangs (until released) on /hung and a quick one on /ok."""
+        release = threading.Event()
+        self.addCleanup(release.set)
+
+        def hung(environ, start_response):
+            release.wait(30)
+            start_response("200 OK", TEXT)
+            return [b"late"]
+        children = {"hung": wsgihost.WSGIService(hung, "test:hung", maxthreads=maxthreads),
+                    "ok": wsgihost.WSGIService(hello_app, "test:ok")}
+        limits = wsgihost.Limits(**options)
+        transport = wsgihost.WebTransport(wsgihost.PathNode(children), "127.0.0.1", 0, limits=limits)
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        return transport, release
+
+    def get(self, port, path, timeout=10):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.addCleanup(conn.close)
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        return resp, resp.read()
+
+    def test_a_hung_app_and_1000_abandoned_requests_cost_another_app_nothing(self):
+        threads_before = threading.active_count()
+        transport, release = self.hung_node()
+        for _ in range(1000):                   # sent, then abandoned at once
+            with socket.create_connection(("127.0.0.1", transport.port), timeout=10) as sock:
+                sock.sendall(b"GET /hung HTTP/1.1\r\nHost: a\r\n\r\n")
+        start = time.monotonic()
+        resp, body = self.get(transport.port, "/ok")
+        self.assertEqual((resp.status, body), (200, b"Hello, World!"))
+        self.assertLess(time.monotonic() - start, 1.0)
+        # The two requests inside the hung app keep their connections; every
+        # other one is gone, and no thread was spent on any of them.
+        self.wait_for(lambda: len(transport.connections) <= 2, what="abandoned requests not dropped")
+        self.assertLessEqual(threading.active_count(), threads_before + 2 + 2)  # + room, + /ok's
+        self.assertEqual(len(transport.server.room.queued), 0)
+        self.assertEqual(len(transport.root.children["hung"].gate.waiting), 0)
+        release.set()
+        self.wait_for(lambda: not transport.connections, what="hung requests not finished")
+
+    def test_queue_timeout_answers_503_with_retry_after(self):
+        transport, release = self.hung_node(maxthreads=1, queue_timeout=0.5)
+        first = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+        self.addCleanup(first.close)
+        first.sendall(b"GET /hung HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_for(lambda: any(c.state == "active" for c in list(transport.connections)))
+        start = time.monotonic()
+        resp, body = self.get(transport.port, "/hung")
+        self.assertEqual(resp.status, 503)
+        self.assertEqual(resp.getheader("Retry-After"), "1")
+        self.assertEqual(resp.getheader("Connection"), "close")
+        self.assertGreaterEqual(time.monotonic() - start, 0.4)
+        release.set()
+        self.assertTrue(first.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+
+    def test_max_websockets_is_a_limit_apart_from_http(self):
+        config = web_config({"ws": {"type": "websocket"}, "/": {"type": "wsgi", "module": "test_wsgihost",
+                                                                "object": "hello_app"}},
+                            {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+                            options={"max_websockets": 2})
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 0)
+        port = node.transports[0].port
+        clients = [WSClient(port) for _ in range(2)]
+        for client in clients:
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101)
+        third = WSClient(port)
+        self.addCleanup(third.close)
+        self.assertEqual(third.status, 503)
+        self.assertIn("Retry-After: 5\r\n", third.head)
+        self.assertEqual(self.get(port, "/")[0].status, 200)      # HTTP keeps its own room
+        clients[0].close()
+        channel = node.transports[0].channels["/ws"]
+        self.wait_for(lambda: len(channel) == 1)
+        deadline = time.monotonic() + 10
+        while True:                             # the slot frees once its thread is done
+            again = WSClient(port)
+            self.addCleanup(again.close)
+            if again.status == 101 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(again.status, 101)
+
+    def test_max_connections_per_client(self):
+        node, port = start_node(hello_app, max_connections_per_client=3)
+        self.addCleanup(node.stop, 0)
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        for sock in socks:
+            self.addCleanup(sock.close)
+        self.wait_for(lambda: len(node.transports[0].connections) == 3)
+        fourth = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(fourth.close)
+        self.assertEqual(fourth.recv(100), b"")                 # closed unread
+        socks[0].close()
+        self.wait_for(lambda: len(node.transports[0].connections) == 2)
+        self.assertEqual(self.get(port, "/")[0].status, 200)
+
+    def test_out_of_descriptors_accept_backs_off_instead_of_spinning(self):
+        if not os.path.exists("/proc/self/stat"):
+            self.skipTest("needs /proc to read the server's CPU time")
+        import resource
+        port = free_port()
+        limit = 48
+
+        def low_limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py"), "--app",
+                                 "test_wsgihost:hello_app", "--port", str(port)], cwd=HERE,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=low_limit)
+        self.addCleanup(proc.kill)
+        SubprocessTests.wait_for_port(self, port, proc)
+        socks = []
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for _ in range(limit + 20):             # more than it has descriptors for
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+        def cpu_seconds():
+            with open("/proc/%d/stat" % proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        time.sleep(0.5)
+        before = cpu_seconds()
+        time.sleep(2.0)
+        self.assertLess(cpu_seconds() - before, 0.5)             # a spinning loop burns ~2 s
+        for sock in socks:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while True:                             # served again once descriptors are free
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                self.assertEqual(conn.getresponse().read(), b"Hello, World!")
+                conn.close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=20)[1].decode()
+        self.assertIn("cannot accept connections", err)
+        self.assertEqual(err.count("cannot accept connections"), 1)     # said once
+
+
 class SmugglingTests(unittest.TestCase):
     """Each request-smuggling pattern is refused with its status and Connection: close,
     and nothing after it on the connection is served."""
@@ -2939,8 +3298,8 @@ class ConfigTests(unittest.TestCase):
 
     def test_unsupported_yet(self):
         self.assertConfigError(web_config({}, {"type": "tcp", "port": 1, "tls": {}}),
-                               ".crossbar/config.json: workers[0].transports[0].endpoint.tls: TLS "
-                               "endpoints are not supported yet")
+                               '.crossbar/config.json: workers[0].transports[0].endpoint.tls: a TLS '
+                               'endpoint needs "key" (a PEM file)')
         self.assertConfigError(web_config({}, {"type": "unix", "path": "x"}),
                                ".crossbar/config.json: workers[0].transports[0].endpoint.type: unix "
                                "socket endpoints are not supported yet")

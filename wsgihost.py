@@ -78,8 +78,13 @@ import signal
 import socket
 import socketserver
 import stat
+try:
+    import ssl
+except ImportError:         # a Python built without OpenSSL: no TLS endpoints
+    ssl = None
 import struct
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -1113,6 +1118,8 @@ class Response:
             extra.append(date_line())
         if not head.has_server:
             extra.append(_SERVER_LINE)
+        if self.transport is not None and self.transport.hsts_line:
+            extra.append(self.transport.hsts_line)
         self.headers_sent = True
         return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
 
@@ -2659,6 +2666,7 @@ class Gate:
     stays parked in the selector (where a client that leaves is noticed, and
     queue_timeout is kept). A finished request hands its slot straight to the
     oldest waiter, so waiting is FIFO: nobody is overtaken by a newcomer.
+    A waiter whose client leaves is taken out at once, whatever its place.
     Not thread-safe by itself: the waiting room's lock guards every use.
     """
 
@@ -2667,7 +2675,7 @@ class Gate:
     def __init__(self, slots: int):
         self.slots = slots
         self.free = slots
-        self.waiting = collections.deque()     # HTTPConnections, oldest first
+        self.waiting = collections.OrderedDict()   # HTTPConnection -> None, oldest first
 
 
 class OwnAnswers:
@@ -2798,12 +2806,14 @@ WEB_OPTIONS = {
     "max_header_fields": (MAX_HEADER_FIELDS, "size"),
     "max_body_size": (MAX_BODY_SIZE, "size or null"),
     "max_connections": (MAX_CONNECTIONS, "size"),
+    "max_websockets": (None, "size or null"),
+    "max_connections_per_client": (None, "size or null"),
     "queue_timeout": (QUEUE_TIMEOUT, "seconds"),
     "shutdown_grace": (SHUTDOWN_GRACE, "seconds"),
 }
 _LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
-                "max_header_fields", "max_body_size", "max_connections", "queue_timeout",
-                "shutdown_grace")
+                "max_header_fields", "max_body_size", "max_connections", "max_websockets",
+                "max_connections_per_client", "queue_timeout", "shutdown_grace")
 #: The options of a websocket path, with Crossbar's names and units.
 WEBSOCKET_OPTIONS = {
     "protocols": ([], "strings"),
@@ -2978,16 +2988,20 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
     values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
                             ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
-    if values["hsts"]:
-        log.warning("%s: %s: hsts is ignored: it applies to TLS, which wsgihost does not "
-                    "support yet", where.filename, (where / "options").path)
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
                                                           transport.get("endpoint"))
+    tls = None
+    if "tls" in transport["endpoint"]:
+        tls = build_tls_context(where / "endpoint" / "tls", transport["endpoint"]["tls"], cbdir)
+    elif values["hsts"]:
+        log.warning("%s: %s: hsts is ignored: it applies to TLS endpoints only",
+                    where.filename, (where / "options").path)
     paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
     root = _build_path_node(where / "paths", paths, values["display_tracebacks"], cbdir)
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
-                        limits=limits, access_log=values["access_log"], where=where.path)
+                        limits=limits, access_log=values["access_log"], where=where.path,
+                        tls=tls, hsts_max_age=values["hsts_max_age"] if values["hsts"] else None)
 
 
 def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
@@ -3033,8 +3047,6 @@ def _parse_endpoint(where: _Where, endpoint):
                                      % json.dumps(kind))
     _check_keys(where, endpoint, ("type", "port", "interface", "backlog", "version", "shared",
                                   "tls"), ignored=("user_timeout",))
-    if "tls" in endpoint:
-        raise (where / "tls").error("TLS endpoints are not supported yet")
     port = endpoint.get("port")
     if isinstance(port, str) and port.startswith("$"):
         name = port[1:]
@@ -3222,6 +3234,131 @@ def _load_app(where: _Where, service: dict, what: str):
 
 
 # =============================================================================
+# 10a. TLS: contexts and what the app learns of them
+# =============================================================================
+# In: an endpoint's "tls" object (Crossbar's keys; files relative to CBDIR).
+# Out: an ssl.SSLContext for the waiting room, which wraps each accepted
+# socket and runs the handshake without blocking (section 11): a client that
+# connects and never says hello holds a socket for client_timeout, never a
+# thread. After the handshake, tls_environ() gives the app what Apache's
+# mod_ssl would (HTTPS, SSL_PROTOCOL, SSL_CLIENT_S_DN...). TLS 1.2 or newer
+# only (RFC 8996 retires 1.0 and 1.1); ALPN offers http/1.1 (RFC 7301), the
+# only protocol spoken here.
+
+TLS_KEYS = ("key", "certificate", "chain_certificates", "ca_certificates", "ciphers", "dhparam")
+
+
+def build_tls_context(where: _Where, tls, cbdir: str) -> ssl.SSLContext:
+    """An SSLContext for a "tls" endpoint object; ConfigError naming the file that fails."""
+    if ssl is None:
+        raise where.error("TLS needs Python's ssl module, which this Python lacks")
+    _expect(where, tls, dict, "an object")
+    _check_keys(where, tls, TLS_KEYS)
+
+    def path_of(key: str, value) -> str:
+        _expect(where / key, value, str, "a file name")
+        path = os.path.join(cbdir, value)
+        if not os.path.isfile(path):
+            raise (where / key).error("no such file: %s" % path)
+        return path
+    for key in ("key", "certificate"):
+        if key not in tls:
+            raise where.error('a TLS endpoint needs "%s" (a PEM file)' % key)
+    key = path_of("key", tls["key"])
+    certificate = path_of("certificate", tls["certificate"])
+    chain = [path_of("chain_certificates", c) for c in
+             _expect(where / "chain_certificates", tls.get("chain_certificates", []), list,
+                     "a list of files")]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        if chain:
+            # load_cert_chain takes the certificate and its chain in one file.
+            with tempfile.NamedTemporaryFile("wb", suffix=".pem") as combined:
+                for part in [certificate] + chain:
+                    with open(part, "rb") as f:
+                        combined.write(f.read().rstrip(b"\n") + b"\n")
+                combined.flush()
+                context.load_cert_chain(combined.name, key)
+        else:
+            context.load_cert_chain(certificate, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise where.error("cannot load the certificate %s with the key %s: %s"
+                          % (tls["certificate"], tls["key"], exc)) from None
+    cas = _expect(where / "ca_certificates", tls.get("ca_certificates", []), list,
+                  "a list of files")
+    if cas:
+        # Crossbar's meaning: clients must present a certificate signed by one of these.
+        for ca in cas:
+            try:
+                context.load_verify_locations(path_of("ca_certificates", ca))
+            except (ssl.SSLError, OSError) as exc:
+                raise (where / "ca_certificates").error("cannot load %s: %s" % (ca, exc)) from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    if "ciphers" in tls:
+        try:
+            context.set_ciphers(_expect(where / "ciphers", tls["ciphers"], str, "an OpenSSL cipher list"))
+        except ssl.SSLError as exc:
+            raise (where / "ciphers").error("no usable cipher in %r: %s" % (tls["ciphers"], exc)) from None
+    if "dhparam" in tls:
+        try:
+            context.load_dh_params(path_of("dhparam", tls["dhparam"]))
+        except (ssl.SSLError, OSError) as exc:
+            raise (where / "dhparam").error("cannot load %s: %s" % (tls["dhparam"], exc)) from None
+    return context
+
+
+def format_distinguished_name(name) -> str:
+    """An X.509 name as ssl's getpeercert() gives it, in RFC 4514 order and
+    escaping, as mod_ssl's SSL_CLIENT_S_DN (most specific part first)."""
+    parts = []
+    for rdn in reversed(name):
+        parts.append("+".join("%s=%s" % (_DN_SHORT_NAMES.get(attr, attr), _dn_escape(value))
+                              for attr, value in rdn))
+    return ",".join(parts)
+
+
+_DN_SHORT_NAMES = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU",
+                   "countryName": "C", "stateOrProvinceName": "ST", "localityName": "L",
+                   "emailAddress": "emailAddress", "domainComponent": "DC", "userId": "UID"}
+
+
+def _dn_escape(value: str) -> str:
+    # RFC 4514 §2.4: escape , + " \ < > ; and a leading # or space, a trailing space.
+    value = re.sub(r'([,+"\\<>;])', r"\\\1", value)
+    if value[:1] in ("#", " "):
+        value = "\\" + value
+    if value.endswith(" "):
+        value = value[:-1] + "\\ "
+    return value
+
+
+def tls_environ(sock) -> dict:
+    """The mod_ssl variables of a TLS connection, for the environ of its requests."""
+    environ = {"HTTPS": "on", "SSL_PROTOCOL": sock.version() or "",
+               "SSL_CIPHER": (sock.cipher() or ("",))[0]}
+    cert = sock.getpeercert()
+    if cert:            # only a verified certificate is given (CERT_REQUIRED)
+        subject = cert.get("subject", ())
+        environ["SSL_CLIENT_VERIFY"] = "SUCCESS"
+        environ["SSL_CLIENT_S_DN"] = format_distinguished_name(subject)
+        environ["SSL_CLIENT_I_DN"] = format_distinguished_name(cert.get("issuer", ()))
+        for rdn in subject:
+            for attr, value in rdn:
+                short = _DN_SHORT_NAMES.get(attr)
+                if short:
+                    environ.setdefault("SSL_CLIENT_S_DN_" + short.replace("emailAddress", "Email"),
+                                       value)
+        environ["SSL_CLIENT_M_SERIAL"] = cert.get("serialNumber", "")
+        environ["SSL_CLIENT_V_START"] = cert.get("notBefore", "")
+        environ["SSL_CLIENT_V_END"] = cert.get("notAfter", "")
+    else:
+        environ["SSL_CLIENT_VERIFY"] = "NONE"
+    return environ
+
+
+# =============================================================================
 # 11. The waiting room: connections that wait, in one selector
 # =============================================================================
 # A connection spends most of its life waiting: for its first request, between
@@ -3236,13 +3373,14 @@ def _load_app(where: _Where, service: dict, what: str):
 # The states of a connection, each with one deadline (OrderedDicts in
 # deadline order, since each state has one timeout; expiry pops their front):
 #
+#   HANDSHAKE  TLS only: the handshake, step by step    client_timeout: close
 #   WAITING    in the selector, reading a head          client_timeout: 408/close
 #   QUEUED     whole head, its app's Gate full          queue_timeout: 503
 #   ACTIVE     a pool thread serves it (HTTPConnection.run)
 #   LINGERING  shut for writing, input discarded       LINGER_TIME: close
 #   CLOSED
 #
-#   accept -> WAITING -> (head complete) -> ACTIVE or QUEUED -> ACTIVE
+#   accept -> (HANDSHAKE ->) WAITING -> (head complete) -> ACTIVE or QUEUED -> ACTIVE
 #   ACTIVE -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
 #          -> Next.LINGER: LINGERING -> CLOSED;  Next.CLOSE: CLOSED
 #
@@ -3255,7 +3393,22 @@ def _load_app(where: _Where, service: dict, what: str):
 # room, its Gates and the selector's registrations, which pool threads make
 # too: an epoll or kqueue takes them while the room's thread sleeps in it.
 
-WAITING, QUEUED, ACTIVE, LINGERING, CLOSED = "waiting", "queued", "active", "lingering", "closed"
+HANDSHAKE, WAITING, QUEUED, ACTIVE, LINGERING, CLOSED = (
+    "handshake", "waiting", "queued", "active", "lingering", "closed")
+
+# A non-blocking TLS socket that needs more bytes (or room to send) says so
+# with these, not BlockingIOError.
+_SSL_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl is not None else ()
+
+
+def read_pending(sock, data: bytes) -> bytes:
+    """``data``, and the bytes a TLS socket has decrypted and holds: no
+    readiness event tells of those, since they have left the kernel."""
+    pending = getattr(sock, "pending", None)
+    if pending is not None:
+        while pending():
+            data += sock.recv(pending())
+    return data
 
 
 class WaitingRoom:
@@ -3271,13 +3424,20 @@ class WaitingRoom:
         keep = sum(service.minthreads for _, service in transport.root.services()
                    if service.kind == "wsgi")
         self.pool = ThreadPool(min(keep, limits.max_connections))
-        self.waiting = collections.OrderedDict()        # conn -> None, oldest deadline first
+        self.handshaking = collections.OrderedDict()    # conn -> None, oldest deadline first
+        self.waiting = collections.OrderedDict()
         self.queued = collections.OrderedDict()
         self.lingering = collections.OrderedDict()
-        self._rooms = {WAITING: (self.waiting, limits.client_timeout),
+        self._rooms = {HANDSHAKE: (self.handshaking, limits.client_timeout),
+                       WAITING: (self.waiting, limits.client_timeout),
                        QUEUED: (self.queued, limits.queue_timeout),
                        LINGERING: (self.lingering, LINGER_TIME)}
         self.count = 0                      # open connections
+        self.websockets = 0                 # of which WebSockets (or handshakes)
+        # HTTP keeps a reserve that WebSockets cannot take (a fifth by default).
+        self.max_websockets = (limits.max_websockets if limits.max_websockets is not None
+                               else limits.max_connections - limits.max_connections // 5)
+        self.per_client = {}                # client address -> open connections
         self.accepting = False              # the listening socket is in the selector
         self.stopped = False                # no more accepting, ever
         self.resume_at = None               # EMFILE back-off: accept again at this time
@@ -3368,7 +3528,7 @@ class WaitingRoom:
         """Accept what the backlog holds (a burst at a time)."""
         max_connections = self.limits.max_connections
         for _ in range(ACCEPT_BURST):
-            if self.count >= max_connections and not self.waiting:
+            if self.count >= max_connections and not (self.waiting or self.handshaking):
                 self._unlisten()        # all busy: newcomers wait in the backlog
                 return
             try:
@@ -3396,20 +3556,38 @@ class WaitingRoom:
             self._welcome(sock, address)
 
     def _welcome(self, sock, address):
+        per_client = self.limits.max_connections_per_client
+        if per_client is not None and isinstance(address, tuple):
+            open_ = self.per_client.get(address[0], 0)
+            if open_ >= per_client:
+                log.debug("%s has %d connections open (max_connections_per_client): closed",
+                          address[0], open_)
+                sock.close()
+                return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+        tls = self.transport.tls
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except OSError:
+                sock.close()
+                return
         conn = HTTPConnection(self.transport, sock, address)
+        if per_client is not None and isinstance(address, tuple):
+            self.per_client[address[0]] = self.per_client.get(address[0], 0) + 1
         self.count += 1
         self.transport.connections.add(conn)
-        self._move(conn, WAITING)
+        self._move(conn, WAITING if tls is None else HANDSHAKE)
 
     def _evict_oldest(self) -> bool:
         """Close the connection that has waited longest for a request, to make room."""
-        if not self.waiting:
+        fronts = [next(iter(room)) for room in (self.handshaking, self.waiting) if room]
+        if not fronts:
             return False
-        conn = next(iter(self.waiting))
+        conn = min(fronts, key=lambda c: c.deadline)
         log.debug("max_connections reached: closing the connection of %s, waiting longest",
                   conn.client_address[0])
         self._close(conn)
@@ -3454,9 +3632,11 @@ class WaitingRoom:
         state = conn.state
         if state is WAITING:
             self._receive(conn)
+        elif state is HANDSHAKE:
+            self._handshake(conn)
         elif state is QUEUED:
-            try:
-                alive = conn.sock.recv(1, socket.MSG_PEEK)
+            try:        # the raw socket's bytes, under TLS too
+                alive = socket.socket.recv(conn.sock, 1, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -3478,11 +3658,29 @@ class WaitingRoom:
                 self._close(conn)
         # else: a stale event for a connection that has moved on
 
+    def _handshake(self, conn: HTTPConnection):
+        """One step of a TLS handshake; WAITING once it is done."""
+        sock = conn.sock
+        try:
+            sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return
+        except ssl.SSLWantWriteError:       # our flight did not fit the send buffer
+            self.selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            return
+        except (OSError, ValueError) as exc:    # not TLS, a bad certificate, the client gone
+            log.debug("TLS handshake with %s failed: %s", conn.client_address[0], exc)
+            self._close(conn)
+            return
+        self.selector.modify(sock, selectors.EVENT_READ, conn)
+        conn.base_environ.update(tls_environ(sock))
+        self._move(conn, WAITING)
+
     def _receive(self, conn: HTTPConnection):
         """Bytes of a request head: once it is whole, admit the request."""
         try:
-            data = conn.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+        except (BlockingIOError, InterruptedError) + _SSL_WANT:
             return
         except OSError:
             data = b""
@@ -3535,28 +3733,39 @@ class WaitingRoom:
             self._refuse(conn, exc)
             return None
         gate = request.service.gate
-        if gate is None:            # a WebSocket: its own limit, not a queue
+        if gate is None:            # a WebSocket: a limit of its own, not a queue
+            if self.websockets >= self.max_websockets:
+                self._refuse(conn, HTTPError(503, "too many WebSocket connections (max_websockets "
+                                             "is %d)" % self.max_websockets, [("Retry-After", "5")]))
+                return None
+            self.websockets += 1
             return request
         if gate.free and not gate.waiting:
             gate.free -= 1
             return request
         conn.queued = request
-        gate.waiting.append(conn)
+        gate.waiting[conn] = None
         self._move(conn, QUEUED)
         return None
 
     def _release(self, gate: Gate):
         """A request is done: its slot goes to the oldest waiter still there."""
         if gate is None:
+            self.websockets -= 1
             return
-        while gate.waiting:
-            conn = gate.waiting.popleft()
-            if conn.state is QUEUED:
-                request, conn.queued = conn.queued, None
-                self._move(conn, ACTIVE)
-                self.pool.submit(self._serve, conn, request)
-                return
-        gate.free += 1
+        if gate.waiting:
+            conn = gate.waiting.popitem(last=False)[0]
+            request, conn.queued = conn.queued, None
+            self._move(conn, ACTIVE)
+            self.pool.submit(self._serve, conn, request)
+        else:
+            gate.free += 1
+
+    def _unqueue(self, conn: HTTPConnection):
+        """Take a request out of its Gate's queue, unserved."""
+        if conn.queued is not None:
+            conn.queued.service.gate.waiting.pop(conn, None)
+            conn.queued = None
 
     def _refuse(self, conn: HTTPConnection, exc: HTTPError):
         """Answer an error without blocking the room, then linger."""
@@ -3578,11 +3787,15 @@ class WaitingRoom:
     def _close(self, conn: HTTPConnection):
         if conn.state is CLOSED:
             return
+        self._unqueue(conn)
         self._move(conn, CLOSED)
-        if conn.queued is not None:
-            conn.queued = None          # its Gate skips it
         self.server.shutdown_request(conn.sock)
         self.count -= 1
+        address = conn.client_address[0]
+        if address in self.per_client:
+            self.per_client[address] -= 1
+            if not self.per_client[address]:
+                del self.per_client[address]
         self.transport.connections.discard(conn)
         if not self.accepting and self.resume_at is None:
             self._listen()              # room again, unless stopping
@@ -3590,6 +3803,12 @@ class WaitingRoom:
 
     def _expire(self, now: float):
         """Deadlines passed: 408 (or close) while waiting, 503 while queued, close while lingering."""
+        handshaking = self.handshaking
+        while handshaking:
+            conn = next(iter(handshaking))
+            if conn.deadline > now:
+                break
+            self._close(conn)
         waiting = self.waiting
         while waiting:
             conn = next(iter(waiting))
@@ -3605,7 +3824,7 @@ class WaitingRoom:
             conn = next(iter(queued))
             if conn.deadline > now:
                 break
-            conn.queued = None
+            self._unqueue(conn)
             retry = max(1, int(self.limits.queue_timeout))
             self._refuse(conn, HTTPError(503, "the application is busy: no free slot within %gs"
                                          % self.limits.queue_timeout,
@@ -3645,8 +3864,8 @@ class WaitingRoom:
         """
         poller = select.poll()
         poller.register(conn.sock, select.POLLIN)
-        if poller.poll(KEEP_ALIVE_SPIN * 1000):
-            data = conn.sock.recv(RECV_SIZE)
+        if getattr(conn.sock, "pending", int)() or poller.poll(KEEP_ALIVE_SPIN * 1000):
+            data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
             if not data:
                 return Next.CLOSE
             conn.reader.buffer = data
@@ -3660,6 +3879,8 @@ class WaitingRoom:
             self._close(conn)
         else:
             reader = conn.reader
+            if getattr(conn.sock, "pending", int)():    # TLS: decrypted bytes the fd won't signal
+                reader.buffer += read_pending(conn.sock, b"")
             buffer = reader.buffer = strip_empty_lines(reader.buffer)
             if buffer:                  # pipelined: the next head may be here already
                 try:
@@ -3748,7 +3969,7 @@ class WebTransport:
 
     def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
                  backlog: int = LISTEN_BACKLOG, shared: bool = False, limits: Limits = None,
-                 access_log: bool = False, where: str = ""):
+                 access_log: bool = False, where: str = "", tls=None, hsts_max_age=None):
         self.root = root
         self.host = host
         self.port = port
@@ -3759,7 +3980,12 @@ class WebTransport:
         self.access_log = access_log
         self.where = where
         self.resolve = root.resolve
-        self.base_environ = build_base_environ(self.server_name(), port)
+        self.tls = tls                  # an ssl.SSLContext, or None
+        # RFC 6797 §7.2: HSTS only over a secure transport.
+        self.hsts_line = (b"Strict-Transport-Security: max-age=%d\r\n" % hsts_max_age
+                          if tls is not None and hsts_max_age is not None else b"")
+        self.base_environ = build_base_environ(self.server_name(), port,
+                                               "https" if tls is not None else "http")
         # The channels of this transport's websocket paths, by URL path: a WSGI
         # app broadcasts with environ["wsgihost.channels"]["/ws"].broadcast(...).
         self.channels = {}
@@ -3793,7 +4019,7 @@ class WebTransport:
             host = "[%s]" % host
         urls = []
         for path, service in self.root.services():
-            scheme = "ws" if service.kind == "websocket" else "http"
+            scheme = ("ws" if service.kind == "websocket" else "http") + ("s" if self.tls else "")
             what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
             urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
         return urls
@@ -4000,6 +4226,31 @@ class WSGIServer(socketserver.ThreadingTCPServer):
         log.exception("error accepting a connection from %s", client_address)
 
 
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft limit on open files to the hard one; warn if still below ``wanted``.
+
+    Every connection is a descriptor, and the usual soft limit (1024) is
+    far below max_connections. Returns the soft limit now in force.
+    """
+    try:
+        import resource
+    except ImportError:         # not on this platform (Windows): nothing to raise
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted + 64)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted + 64:
+        log.warning("the open files limit is %d, too low for max_connections %d: raise it "
+                    "(ulimit -n) or lower max_connections; accept() backs off when it is reached",
+                    soft, wanted)
+    return soft
+
+
 class Node:
     """The web transports of one config, started and stopped together.
 
@@ -4023,6 +4274,7 @@ class Node:
 
     def start(self) -> Node:
         """Bind every transport, then serve in background threads. OSError if a bind fails."""
+        raise_open_files_limit(sum(t.limits.max_connections for t in self.transports))
         servers = []
         for transport in self.transports:
             try:
