@@ -27,8 +27,11 @@ What it implements:
   ``static`` files (conditional and range requests, RFC 9110 §13-14),
   ``redirect`` and ``json`` services, and nested ``path`` trees.
 
-What it does not do (yet): TLS, unix sockets, HTTP/2, permessage-deflate,
-and the WAMP router that Crossbar also is.
+- TLS endpoints (https, wss), with client certificates.
+- Connections that wait cost a socket in one selector, not a thread.
+
+What it does not do (yet): unix sockets, HTTP/2, permessage-deflate, and the
+WAMP router that Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
@@ -39,13 +42,15 @@ wsgihost.py`` prints this map:
      4. Request bodies: wsgi.input
      5. The WSGI environ                          (pure)
      6. The WSGI response: start_response, write, framing
-     7. The connection: one thread, many requests
+     7. The connection: one request at a time
      8. WebSocket (RFC 6455): handshake, frames, messages, channels
     8a. Static files, redirects and JSON values   (plain WSGI apps)
      9. Path dispatch and app loading
     10. Configuration
-    11. The socket server and the node
-    12. Command line
+   10a. TLS: contexts and what the app learns of them
+    11. The waiting room: connections that wait, in one selector
+    12. The socket server and the node
+    13. Command line
 
 Copyright (c) 2026 the wsgihost authors. MIT License (see LICENSE): use, copy,
 modify and distribute freely, keeping this notice; no warranty.
@@ -4360,7 +4365,7 @@ def run_node(node: Node) -> int:
 
 
 # =============================================================================
-# 12. Command line
+# 13. Command line
 # =============================================================================
 
 def _find_config(args) -> str:
