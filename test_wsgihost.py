@@ -3039,7 +3039,79 @@ def slow_app(environ, start_response):
     return [b"slow but whole " * 1000]
 
 
+def counting_app(environ, start_response):
+    """For the shutdown test: appends the request's id to $WSGIHOST_TEST_LOG, echoes it."""
+    ident = environ["wsgi.input"].read()
+    with open(os.environ["WSGIHOST_TEST_LOG"], "ab") as f:
+        f.write(ident + b"\n")
+    start_response("200 OK", TEXT)
+    return [ident]
+
+
 class ShutdownTests(unittest.TestCase):
+
+    def test_sigterm_under_keep_alive_load_loses_nothing_20_times(self):
+        """A request is answered, or its connection closed before the app saw it (so a client
+        may send it again): 50 keep-alive POST loops, SIGTERM mid-load, 20 runs."""
+        log_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, log_dir, True)
+        for run in range(20):
+            log_file = os.path.join(log_dir, "run%d" % run)
+            port = free_port()
+            proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py"), "--app",
+                                     "test_wsgihost:counting_app", "--port", str(port),
+                                     "--loglevel", "error"], cwd=HERE,
+                                    env=dict(os.environ, WSGIHOST_TEST_LOG=log_file),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.addCleanup(proc.kill)
+            SubprocessTests.wait_for_port(self, port, proc)
+            answered, unanswered = set(), set()
+            lock = threading.Lock()
+            started = threading.Barrier(51)
+
+            def client(n):
+                try:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+                except OSError:
+                    started.wait()
+                    return
+                started.wait()
+                with sock:
+                    for i in range(100000):
+                        ident = b"%d-%d" % (n, i)
+                        try:
+                            sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s"
+                                         % (len(ident), ident))
+                            data = b""
+                            while not data.endswith(b"\r\n\r\n" + ident):
+                                chunk = sock.recv(4096)
+                                if not chunk:
+                                    raise ConnectionResetError("closed")
+                                data += chunk
+                        except OSError:
+                            with lock:
+                                unanswered.add(ident)
+                            return
+                        with lock:
+                            answered.add(ident)
+                        if b"Connection: close" in data:
+                            return
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+            for thread in threads:
+                thread.start()
+            started.wait()
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+            for thread in threads:
+                thread.join(30)
+            err = proc.communicate(timeout=20)[1]
+            self.assertEqual(proc.returncode, 0, err)
+            with open(log_file, "rb") as f:
+                seen = set(f.read().split())
+            self.assertGreater(len(answered), 50)
+            self.assertEqual(unanswered & seen, set(), "run %d: requests the app served, unanswered"
+                             % run)
+            self.assertEqual(answered - seen, set())
 
     def test_sigterm_lets_the_request_in_flight_finish(self):
         port = free_port()
