@@ -145,6 +145,11 @@ MAX_CONNECTIONS = 10000
 #: Listen backlog. socketserver's default of 5 drops connections in a burst;
 #: the kernel caps this at net.core.somaxconn (4096 on current Linux).
 LISTEN_BACKLOG = 1024
+#: A request body of up to this many bytes (by its Content-Length) is read
+#: whole by the waiting room before the request takes a thread and a slot in
+#: its app, as waitress and nginx buffer bodies: a slow upload then costs a
+#: socket and this much memory, never an app slot. 0: bodies are streamed.
+BODY_BUFFER_SIZE = 64 * 1024
 #: A chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
 #: allows extensions but sets no bound; h11 and node bound them too). Answer: 400.
 MAX_CHUNK_LINE = 4 * 1024
@@ -1063,6 +1068,10 @@ class Response:
         self.remaining = None       # body bytes still owed under the app's Content-Length
         self.body_bytes = 0         # body bytes sent, for the access log
         self.client_gone = False
+        # A large body given whole may be left in ``output`` for the caller
+        # to send (the waiting room does, once the app's slot is free).
+        self.defer_output = False
+        self.output = None
 
     @property
     def code(self) -> int:
@@ -1192,6 +1201,8 @@ class Response:
                 body = self._frame(body)
                 if len(body) <= MAX_COALESCED_BODY:
                     self._send(head + body)
+                elif self.defer_output:
+                    self.output = [head, body]      # the waiting room sends it
                 else:
                     self._send(head)
                     self._send(body)
@@ -1338,7 +1349,9 @@ class HTTPConnection:
         self.registered = False     # in the selector
         self.receiving = False      # a request head has begun to arrive
         self.discarded = 0          # bytes read and thrown away while lingering
-        self.queued = None          # the Request waiting for its app's slot
+        self.queued = None          # the Request waiting for its app's slot, or its body
+        self.output = None          # what is left to send of a response given whole
+        self.after_output = None    # the Next step once it is sent
 
     def serve(self) -> Next:
         """Serve requests in the calling thread, blocking, until the connection is done."""
@@ -2810,6 +2823,7 @@ WEB_OPTIONS = {
     "max_head_size": (MAX_HEAD_SIZE, "size"),
     "max_header_fields": (MAX_HEADER_FIELDS, "size"),
     "max_body_size": (MAX_BODY_SIZE, "size or null"),
+    "body_buffer_size": (BODY_BUFFER_SIZE, "size or 0"),
     "max_connections": (MAX_CONNECTIONS, "size"),
     "max_websockets": (None, "size or null"),
     "max_connections_per_client": (None, "size or null"),
@@ -2817,7 +2831,8 @@ WEB_OPTIONS = {
     "shutdown_grace": (SHUTDOWN_GRACE, "seconds"),
 }
 _LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
-                "max_header_fields", "max_body_size", "max_connections", "max_websockets",
+                "max_header_fields", "max_body_size", "body_buffer_size", "max_connections",
+                "max_websockets",
                 "max_connections_per_client", "queue_timeout", "shutdown_grace")
 #: The options of a websocket path, with Crossbar's names and units.
 WEBSOCKET_OPTIONS = {
@@ -3034,6 +3049,9 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
                 _expect(w / i, item, str, "a string")
         elif kind is None:
             pass                # the caller checks it
+        elif kind == "size or 0":
+            if _expect(w, value, int, "a number of bytes") < 0:
+                raise w.error("must be 0 or more, got %d" % value)
         elif value is not None or kind == "size":
             if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
                                                               else "")) < 1:
@@ -3380,13 +3398,17 @@ def tls_environ(sock) -> dict:
 #
 #   HANDSHAKE  TLS only: the handshake, step by step    client_timeout: close
 #   WAITING    in the selector, reading a head          client_timeout: 408/close
+#   BODY       reading a small body whole (body_buffer_size), before any slot
+#                                                       client_timeout: 408
 #   QUEUED     whole head, its app's Gate full          queue_timeout: 503
 #   ACTIVE     a pool thread serves it (HTTPConnection.run)
+#   SENDING    the rest of a response given whole, its app slot and thread
+#              already free                             client_timeout of no progress: close
 #   LINGERING  shut for writing, input discarded       LINGER_TIME: close
 #   CLOSED
 #
-#   accept -> (HANDSHAKE ->) WAITING -> (head complete) -> ACTIVE or QUEUED -> ACTIVE
-#   ACTIVE -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
+#   accept -> (HANDSHAKE ->) WAITING -> (head complete) (-> BODY) -> ACTIVE or QUEUED -> ACTIVE
+#   ACTIVE (-> SENDING) -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
 #          -> Next.LINGER: LINGERING -> CLOSED;  Next.CLOSE: CLOSED
 #
 # max_connections bounds open connections, that is memory: when they are all
@@ -3398,8 +3420,8 @@ def tls_environ(sock) -> dict:
 # room, its Gates and the selector's registrations, which pool threads make
 # too: an epoll or kqueue takes them while the room's thread sleeps in it.
 
-HANDSHAKE, WAITING, QUEUED, ACTIVE, LINGERING, CLOSED = (
-    "handshake", "waiting", "queued", "active", "lingering", "closed")
+HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, CLOSED = (
+    "handshake", "waiting", "body", "queued", "active", "sending", "lingering", "closed")
 
 # A non-blocking TLS socket that needs more bytes (or room to send) says so
 # with these, not BlockingIOError.
@@ -3433,8 +3455,12 @@ class WaitingRoom:
         self.waiting = collections.OrderedDict()
         self.queued = collections.OrderedDict()
         self.lingering = collections.OrderedDict()
+        self.bodies = collections.OrderedDict()
+        self.sending = collections.OrderedDict()
         self._rooms = {HANDSHAKE: (self.handshaking, limits.client_timeout),
                        WAITING: (self.waiting, limits.client_timeout),
+                       BODY: (self.bodies, limits.client_timeout),
+                       SENDING: (self.sending, limits.client_timeout),
                        QUEUED: (self.queued, limits.queue_timeout),
                        LINGERING: (self.lingering, LINGER_TIME)}
         self.count = 0                      # open connections
@@ -3611,16 +3637,20 @@ class WaitingRoom:
             room, timeout = new
             room[conn] = None
             conn.deadline = time.monotonic() + timeout
-            if not conn.registered:
-                try:
+            events = selectors.EVENT_WRITE if state is SENDING else selectors.EVENT_READ
+            try:
+                if not conn.registered:
                     conn.sock.setblocking(False)
-                    self.selector.register(conn.sock, selectors.EVENT_READ, conn)
-                except (OSError, ValueError):       # the socket is already dead
-                    self._close(conn)
-                    return
-                conn.registered = True
-                if not self._live_register and threading.current_thread() is not self._thread:
-                    self.wake()
+                    self.selector.register(conn.sock, events, conn)
+                    conn.registered = True
+                elif self.selector.get_key(conn.sock).events != events:
+                    self.selector.modify(conn.sock, events, conn)
+            except (OSError, ValueError, KeyError):     # the socket is already dead
+                conn.registered = False
+                self._close(conn)
+                return
+            if not self._live_register and threading.current_thread() is not self._thread:
+                self.wake()
             if state is WAITING and not self.accepting and self.resume_at is None:
                 self._listen()          # it could make room for a newcomer
         elif conn.registered:
@@ -3639,6 +3669,10 @@ class WaitingRoom:
             self._receive(conn)
         elif state is HANDSHAKE:
             self._handshake(conn)
+        elif state is BODY:
+            self._receive_body(conn)
+        elif state is SENDING:
+            self._send_some(conn)
         elif state is QUEUED:
             try:        # the raw socket's bytes, under TLS too
                 alive = socket.socket.recv(conn.sock, 1, socket.MSG_PEEK)
@@ -3737,6 +3771,41 @@ class WaitingRoom:
         except HTTPError as exc:
             self._refuse(conn, exc)
             return None
+        body = request.body
+        if (type(body) is FixedLengthInput and 0 < body.remaining <= self.limits.body_buffer_size
+                and body._on_first_read is None and len(conn.reader.buffer) < body.remaining):
+            # A small body is read whole here first, as waitress and nginx do:
+            # a slow upload then costs a socket, not a thread and an app slot.
+            conn.queued = request
+            self._move(conn, BODY)
+            return None
+        return self._enter_gate(conn, request)
+
+    def _receive_body(self, conn: HTTPConnection):
+        try:
+            data = read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE))
+        except (BlockingIOError, InterruptedError) + _SSL_WANT:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        reader = conn.reader
+        if type(reader.buffer) is not bytearray:
+            reader.buffer = bytearray(reader.buffer)
+        reader.buffer += data
+        request = conn.queued
+        if len(reader.buffer) >= request.body.remaining:
+            reader.buffer = bytes(reader.buffer)
+            conn.queued = None
+            request = self._enter_gate(conn, request)
+            if request is not None:
+                self._move(conn, ACTIVE)
+                self.pool.submit(self._serve, conn, request)
+
+    def _enter_gate(self, conn: HTTPConnection, request: Request):
+        """Take a slot in the request's service, or queue for one; the request if it runs now."""
         gate = request.service.gate
         if gate is None:            # a WebSocket: a limit of its own, not a queue
             if self.websockets >= self.max_websockets:
@@ -3824,6 +3893,21 @@ class WaitingRoom:
                                              % self.limits.client_timeout))
             else:
                 self._close(conn)
+        bodies = self.bodies
+        while bodies:
+            conn = next(iter(bodies))
+            if conn.deadline > now:
+                break
+            conn.queued = None
+            self._refuse(conn, HTTPError(408, "the request body did not arrive within %gs"
+                                         % self.limits.client_timeout))
+        sending = self.sending
+        while sending:
+            conn = next(iter(sending))
+            if conn.deadline > now:
+                break
+            log.debug("%s stopped reading its response", conn.client_address[0])
+            self._close(conn)
         queued = self.queued
         while queued:
             conn = next(iter(queued))
@@ -3849,16 +3933,68 @@ class WaitingRoom:
         """Run requests of ``conn`` while it has one ready and a slot; then back to the room."""
         conn.sock.settimeout(self.limits.client_timeout)
         while request is not None:
+            gate = request.service.gate
             try:
+                request.response.defer_output = conn.sock.__class__ is socket.socket   # not TLS
                 next_step = conn.run(request)
+                output = request.response.output
+                if output is not None:
+                    # The app is done: its slot is free while its bytes go out,
+                    # and a slow reader takes the rest from the waiting room.
+                    with self.lock:
+                        self._release(gate)
+                    gate = False
+                    conn.output, conn.after_output = output, next_step
+                    if not self._send_now(conn):
+                        with self.lock:
+                            self._move(conn, SENDING)
+                        return
+                    next_step = conn.after_output
                 if next_step is Next.KEEP and not conn.reader.buffer and KEEP_ALIVE_SPIN:
                     next_step = self._await_next(conn)
             except BaseException:
                 log.exception("unexpected error serving %s", conn.client_address[0])
                 next_step = Next.CLOSE
             with self.lock:
-                self._release(request.service.gate)
+                if gate is not False:
+                    self._release(gate)
                 request = self._after(conn, next_step)
+
+    def _send_now(self, conn: HTTPConnection) -> bool:
+        """Send what the kernel takes of ``conn.output`` without waiting; True once all is out."""
+        sock = conn.sock
+        sock.setblocking(False)
+        try:
+            return self._send_some(conn, locked=False)
+        finally:
+            if conn.state is ACTIVE:
+                sock.settimeout(self.limits.client_timeout)
+
+    def _send_some(self, conn: HTTPConnection, locked: bool = True) -> bool:
+        """Non-blocking sends of ``conn.output``; then on to what comes after the response."""
+        output = conn.output
+        try:
+            while output:
+                sent = conn.sock.send(output[0])
+                if sent < len(output[0]):
+                    output[0] = memoryview(output[0])[sent:]
+                    if locked:                  # progress: client_timeout again
+                        conn.deadline = time.monotonic() + self.limits.client_timeout
+                        self.sending.move_to_end(conn)
+                    return False
+                output.pop(0)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            conn.after_output = Next.CLOSE
+            output.clear()
+        conn.output = None
+        if locked:                              # in the room: what comes next
+            request = self._after(conn, conn.after_output)
+            if request is not None:
+                self._move(conn, ACTIVE)
+                self.pool.submit(self._serve, conn, request)
+        return True
 
     def _await_next(self, conn: HTTPConnection) -> Next:
         """Wait a moment in this thread for the connection's next request.
