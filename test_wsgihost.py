@@ -226,8 +226,16 @@ class ParseRequestHeadTests(unittest.TestCase):
         head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: caf\xe9")
         self.assertEqual(head.fields["HTTP_X_A"], "caf\xe9")
 
-    def test_target_bytes_kept_as_latin1(self):
-        self.assertEqual(parse_request_head(b"GET /\xe2\x82\xac HTTP/1.1").target, "/\xe2\x82\xac")
+    def test_raw_byte_over_0x7f_in_target_rejected_rfc9112_3_2(self):
+        # RFC 9112 §3.2 and RFC 3986 §2: the request target is ASCII, other bytes
+        # are percent-encoded; gunicorn and waitress refuse raw ones with 400 too.
+        for target in (b"/\xe2\x82\xac", b"/caf\xe9", b"/?q=\x80", b"/\xff"):
+            with self.subTest(target=target):
+                self.assertIn("expected ASCII", self.assertRejected(b"GET " + target + b" HTTP/1.1").detail)
+        resp = one(hello_app, b"GET /caf\xe9 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((resp.status, resp.headers["connection"]), (400, "close"))
+        # Percent-encoded, the same bytes are welcome (and decoded into PATH_INFO, see EnvironTests).
+        self.assertEqual(parse_request_head(b"GET /%E2%82%AC HTTP/1.1").target, "/%E2%82%AC")
 
     def test_bare_cr_rejected(self):
         self.assertIn("bare CR", self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\rb").detail)
@@ -337,6 +345,25 @@ class ParseRequestTargetTests(unittest.TestCase):
                 parse_request_target("GET", target)
             self.assertEqual(ctx.exception.status, 400)
 
+    def test_absolute_form_without_host_rejected_rfc9112_3_2(self):
+        # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to
+        # any HTTP/1.1 request message that lacks a Host header field" -- a client MUST
+        # send Host with an absolute-form target too -- "and to any request message
+        # that contains ... a Host header field with an invalid field value".
+        resp = one(hello_app, b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        self.assertEqual((resp.status, resp.headers["connection"]), (400, "close"))
+        self.assertIn(b"without Host", resp.body)
+        self.assertEqual(one(hello_app, b"GET http://example.com/ HTTP/1.1\r\nHost: a/b\r\n\r\n").status,
+                         400)
+        self.assertEqual(one(hello_app, b"GET http://example.com/ HTTP/1.0\r\n\r\n").status, 200)
+        # The pure decision handle_request takes: RFC 9112 §3.2.2, the target's authority wins.
+        self.assertEqual(wsgihost.parse_host((1, 1), "ignored", "example.com"), "example.com")
+        self.assertEqual(wsgihost.parse_host((1, 0), None, "example.com"), "example.com")
+        self.assertIsNone(wsgihost.parse_host((1, 0), None, None))
+        with self.assertRaises(HTTPError) as ctx:
+            wsgihost.parse_host((1, 1), None, "example.com")
+        self.assertEqual(ctx.exception.status, 400)
+
     def test_connect_not_implemented(self):
         with self.assertRaises(HTTPError) as ctx:
             parse_request_target("CONNECT", "example.com:443")
@@ -375,7 +402,8 @@ class ParseBodyFramingTests(unittest.TestCase):
                 self.assertRejected(b"\r\nContent-Length: " + value)
 
     def test_transfer_encoding_other_than_final_chunked_rejected(self):
-        for value in (b"chunked, gzip", b"gzip", b"identity", b"chunked, chunked", b"", b"chunked,"):
+        for value in (b"chunked, gzip", b"gzip", b"identity", b"chunked, chunked", b"", b",", b" , ,",
+                      b"chunked, ,chunked"):
             with self.subTest(value=value):
                 self.assertRejected(b"\r\nTransfer-Encoding: " + value)
 
@@ -384,6 +412,28 @@ class ParseBodyFramingTests(unittest.TestCase):
 
     def test_unknown_coding_before_chunked_not_implemented(self):
         self.assertRejected(b"\r\nTransfer-Encoding: gzip, chunked", 501)
+
+    def test_empty_transfer_encoding_list_elements_ignored_rfc9110_5_6_1(self):
+        # RFC 9110 §5.6.1: "a recipient MUST parse and ignore a reasonable number of
+        # empty list elements": ",chunked" and "chunked, " are plain chunked.
+        for value in (b",chunked", b"chunked, ", b"chunked,", b" , chunked ,,"):
+            with self.subTest(value=value):
+                self.assertIsNone(self.framing(b"\r\nTransfer-Encoding: " + value))
+        self.assertRejected(b"\r\nTransfer-Encoding: ,gzip, ,chunked", 501)
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(env["body"], "hello")
+
+    def test_long_content_length_digit_strings_accepted_rfc9110_8_6(self):
+        # RFC 9110 §8.6: Content-Length = 1*DIGIT -- any number of digits; only a
+        # value too large to hold is refused (19 significant digits: over 2**63).
+        self.assertEqual(self.framing(b"\r\nContent-Length: 00000000000000000005"), 5)
+        self.assertEqual(self.framing(b"\r\nContent-Length: " + b"0" * 5000 + b"7"), 7)   # no int() limit
+        self.assertEqual(self.framing(b"\r\nContent-Length: 0" + b"9" * 18), 10 ** 18 - 1)
+        self.assertRejected(b"\r\nContent-Length: 0" + b"1" + b"0" * 18)                   # 19 digits
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 00000000000000000005"
+                          b"\r\n\r\nhello")
+        self.assertEqual(env["body"], "hello")
 
     def test_transfer_encoding_in_http_1_0_rejected(self):
         self.assertRejected(b"\r\nTransfer-Encoding: chunked", 400, b"1.0")
@@ -398,6 +448,22 @@ class ParseChunkSizeTests(unittest.TestCase):
 
     def test_extensions_accepted_and_ignored(self):
         self.assertEqual(wsgihost.parse_chunk_size(b'5;name=value;flag ; q="a \\"b\\""\r\n'), 5)
+
+    def test_zero_padded_chunk_size_accepted_rfc9112_7_1(self):
+        # RFC 9112 §7.1: chunk-size = 1*HEXDIG -- leading zeros are digits like any other.
+        self.assertEqual(wsgihost.parse_chunk_size(b"000000a\r\n"), 10)
+        self.assertEqual(wsgihost.parse_chunk_size(b"0" * 100 + b"1;x=y\r\n"), 1)
+        self.assertEqual(wsgihost.parse_chunk_size(b"0" * 16 + b"ffffffffffffffff\r\n"), 2 ** 64 - 1)
+        self.assertEqual(wsgihost.parse_chunk_size(b"00000\r\n"), 0)
+        with self.assertRaises(HTTPError):                  # the value still must fit: 17 digits
+            wsgihost.parse_chunk_size(b"0000" + b"1ffffffffffffffff\r\n")
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"000000005\r\nhello\r\n00000\r\n\r\n")
+        self.assertEqual(env["body"], "hello")
+        # The line stays bounded by MAX_CHUNK_LINE, zeros or not.
+        resp = one(body_reading_app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"0" * wsgihost.MAX_CHUNK_LINE + b"5\r\nhello\r\n0\r\n\r\n", validate=False)
+        self.assertEqual(resp.status, 400)
 
     def test_invalid_chunk_size_lines_rejected(self):
         for line in (b"-1\r\n", b"+1\r\n", b"0x5\r\n", b"\r\n", b" 5\r\n", b"5\n", b"g\r\n",
@@ -537,6 +603,23 @@ class MountTests(unittest.TestCase):
         sock = FakeSocket(b"GET /api/v2 HTTP/1.1\r\nHost: a\r\n\r\nGET /api HTTP/1.1\r\nHost: a\r\n\r\n")
         self.transport.serve_connection(sock, REMOTE)
         self.assertEqual([r.status for r in split_responses(bytes(sock.sent))], [404, 404])
+
+    def test_encoded_slash_is_not_a_segment_separator_as_in_twisted(self):
+        # Twisted's Request.process (so Crossbar): postpath = map(unquote,
+        # path[1:].split(b"/")) -- cut on the raw "/", decode each segment after.
+        # "%2F" is data inside a segment (RFC 3986 §2.2), never a separator;
+        # "%61pp" decodes to the segment "app" and so does reach it.
+        for path, script_name, path_info in [
+                (b"/app%2Fx", "", "/app/x"), (b"/app%2fx/y", "", "/app/x/y"),
+                (b"/api%2Fv1/x", "", "/api/v1/x"), (b"/app/a%2Fb", "/app", "/a/b"),
+                (b"/%61pp/x", "/app", "/x"), (b"/api/%76%31/x", "/api/v1", "/x")]:
+            with self.subTest(path=path):
+                env = self.environ_for(path)
+                self.assertEqual((env["SCRIPT_NAME"], env["PATH_INFO"]), (script_name, path_info))
+        # Inside "api", "v1%2Fx" is one segment "v1/x": not "v1", and api has no "/".
+        sock = FakeSocket(b"GET /api/v1%2Fx HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.transport.serve_connection(sock, REMOTE)
+        self.assertEqual(split_responses(bytes(sock.sent))[0].status, 404)
 
     def test_no_default_path_gives_404(self):
         config = json.loads(json.dumps(MOUNT_CONFIG))
@@ -798,6 +881,77 @@ class ResponseFramingTests(unittest.TestCase):
         self.assertTrue(data.endswith(b"\r\n\r\n"))
         self.assertNotIn(b"data", data)
         self.assertNotIn(b"chunked", data)
+
+    def test_error_answer_to_head_has_no_body_rfc9110_9_3_2(self):
+        # RFC 9110 §9.3.2: the server "MUST NOT send content in the response" to
+        # HEAD -- its own error answers included -- with the fields GET would get.
+        for request in (b"HEAD / HTTP/1.1\r\n\r\n",                                  # no Host: 400
+                        b"HEAD / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                        b"HEAD / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"):      # 417
+            with self.subTest(request=request):
+                head_data = run_raw(hello_app, request)
+                get_data = run_raw(hello_app, b"GET" + request[4:])
+                self.assertTrue(head_data.endswith(b"\r\n\r\n"), head_data)
+                get = split_responses(get_data)[0]
+                head = split_responses(head_data, ["HEAD"])[0]
+                self.assertGreater(len(get.body), 0)
+                self.assertEqual((head.status, head.headers["content-length"]),
+                                 (get.status, str(len(get.body))))
+        # The one serializer, pure: HEAD is GET's head without the body.
+        get = wsgihost.build_simple_response(404, "nothing here", "GET")
+        head = wsgihost.build_simple_response(404, "nothing here", "HEAD")
+        drop_date = lambda data: [l for l in data.split(b"\r\n") if not l.startswith(b"Date:")]
+        self.assertEqual(drop_date(get[:len(head)]), drop_date(head))
+        self.assertEqual(get[len(head):], wsgihost.plain_text_body(404, "nothing here"))
+
+    def test_iteration_stops_once_content_length_is_sent_pep3333(self):
+        # PEP 3333: the server "should stop iterating over the response when enough
+        # data has been sent"; an endless iterable would be pulled forever.
+        pulled, closed = [], []
+
+        class Body:
+            def __iter__(self):
+                for i in range(10000):              # "endless", but bounded for the test
+                    pulled.append(i)
+                    yield b"x"
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "5")])
+            return Body()
+        with self.assertLogs("wsgihost", "DEBUG") as logs:
+            wsgihost.log.debug("sentinel")
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(pulled), 10)           # 5 per request, both requests served
+        self.assertEqual(closed, [True, True])
+        self.assertEqual([r.body for r in split_responses(data)], [b"xxxxx", b"xxxxx"])
+        self.assertEqual([r for r in logs.records if r.levelno >= logging.ERROR], [])
+
+    def test_chunk_past_content_length_logged_once_and_iteration_stops_pep3333(self):
+        pulled, closed = [], []
+
+        class Body:
+            def __iter__(self):
+                for i in range(10000):
+                    pulled.append(i)
+                    yield b"abc"
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "5")])
+            return Body()
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(pulled), 2)            # "abc" + "ab|c": the second chunk overshoots
+        self.assertEqual(closed, [True])            # the connection closed after the cut response
+        self.assertEqual(len(logs.records), 1, [r.getMessage() for r in logs.records])
+        self.assertIn("more than its Content-Length of 5", logs.records[0].getMessage())
+        responses = split_responses(data)
+        self.assertEqual([r.body for r in responses], [b"abcab"])
 
     def test_head_with_app_content_length_keeps_the_connection(self):
         def app(environ, start_response):

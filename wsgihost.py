@@ -181,18 +181,23 @@ REQUEST_LINE_RE = re.compile(rb"([%s]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9]
 # (RFC 9112 §2.2: a bare CR must be rejected; we refuse bare LF too, since a
 # front end that splits lines differently is how requests get smuggled).
 BAD_HEAD_BYTE_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-# RFC 9110 §8.6: Content-Length = 1*DIGIT. No sign, no spaces, no list; 18
-# digits keep the value under 2**63.
-CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
+# RFC 9110 §8.6: Content-Length = 1*DIGIT. No sign, no spaces, no list. Any
+# number of digits is valid; the value must fit in 18 significant digits
+# (under 2**63), see parse_content_length.
+CONTENT_LENGTH_RE = re.compile(r"[0-9]+")
+MAX_CONTENT_LENGTH_DIGITS = 18
 # RFC 9110 §7.2 and RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where
 # chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
 # ext-val = token / quoted-string. Whitespace is allowed around ";" and "="
-# only, never before the CRLF. 16 hex digits keep the size under 2**64.
+# only, never before the CRLF. chunk-size = 1*HEXDIG: any number of digits
+# (the line is bounded by MAX_CHUNK_LINE), whose value must fit in 16
+# significant hex digits (under 2**64), see parse_chunk_size.
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+MAX_CHUNK_SIZE_DIGITS = 16
 CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
     % (_TCHAR, _TCHAR, _QUOTED_STRING))
 # PEP 3333: status is "three-digit code, a space, and a reason phrase";
 # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). An app may
@@ -358,6 +363,13 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
         raise HTTPError(400, "malformed request line %s (expected: METHOD SP target SP HTTP/1.1)"
                         % _show(request_line))
     method, target, major, minor = match.groups()
+    if not target.isascii():
+        # RFC 9112 §3.2 and RFC 3986 §2: a request target is ASCII; other bytes
+        # must be percent-encoded. Guessing their charset is how two servers
+        # come to read one URL differently (gunicorn and waitress refuse them too).
+        bad = next(b for b in target if b > 0x7f)
+        raise HTTPError(400, "byte 0x%02X in the request target %s (expected ASCII; "
+                        "percent-encode other bytes)" % (bad, _show(target)))
     version = (major[0] - 48, minor[0] - 48)
     if version != (1, 1) and version != (1, 0):
         # RFC 9110 §15.6.6: 505 for a major version we do not support; we
@@ -396,8 +408,18 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
 
 
 def parse_tokens(value: str) -> list:
-    """A comma-separated list of case-insensitive tokens (RFC 9110 §5.6.1), lowered."""
-    return [token.strip(" \t").lower() for token in value.split(",")]
+    """A comma-separated list of case-insensitive tokens (RFC 9110 §5.6.1), lowered.
+
+    Empty elements (``", chunked"``, ``"close, "``) are skipped: "a recipient
+    MUST parse and ignore a reasonable number of empty list elements" (the
+    field line's length bounds how many).
+    """
+    tokens = []
+    for token in value.split(","):
+        token = token.strip(" \t")
+        if token:
+            tokens.append(token.lower())
+    return tokens
 
 
 def parse_request_target(method: str, target: str):
@@ -434,6 +456,40 @@ def parse_request_target(method: str, target: str):
     return path, query, authority
 
 
+def parse_host(version: tuple, host, authority):
+    """The request's host: the ``Host`` field's value, or ``authority`` if the
+    target was in absolute form; None for HTTP/1.0 with neither.
+
+    RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code
+    to any HTTP/1.1 request message that lacks a Host header field" -- an
+    absolute-form target does not excuse it: the client MUST send Host there
+    too -- "and to any request message that contains ... a Host header field
+    with an invalid field value". RFC 9112 §3.2.2: with an absolute-form
+    target the server uses its authority and ignores Host (checked all the same).
+    """
+    if host is None:
+        if version == (1, 1):
+            raise HTTPError(400, "HTTP/1.1 request without Host (RFC 9112 §3.2)")
+    elif HOST_RE.fullmatch(host) is None:
+        raise HTTPError(400, "invalid Host %s" % _show(host))
+    return host if authority is None else authority
+
+
+def parse_content_length(value: str) -> int:
+    """RFC 9110 §8.6: Content-Length = 1*DIGIT, as an int; ValueError if not.
+
+    Leading zeros are valid ("00000000000000000005" is 5); only a value over
+    18 significant digits is refused, so that it fits a signed 64-bit offset.
+    """
+    if CONTENT_LENGTH_RE.fullmatch(value) is None:
+        raise ValueError("invalid Content-Length %s (expected digits only)" % _show(value))
+    digits = value.lstrip("0")
+    if len(digits) > MAX_CONTENT_LENGTH_DIGITS:
+        raise ValueError("Content-Length %s is too large (at most %d significant digits)"
+                         % (_show(value), MAX_CONTENT_LENGTH_DIGITS))
+    return int(digits or "0")       # stripped: int() refuses over 4300 digits (3.11+)
+
+
 def parse_body_framing(head: RequestHead):
     """How the request body is delimited: its length in bytes, or None for chunked.
 
@@ -451,10 +507,10 @@ def parse_body_framing(head: RequestHead):
         if head.version == (1, 0):
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        codings = parse_tokens(transfer_encoding)
+        codings = parse_tokens(transfer_encoding)     # ",chunked" is ["chunked"]
         if codings == ["chunked"]:
             return None
-        if codings[-1] != "chunked" or "chunked" in codings[:-1] or "" in codings:
+        if not codings or codings[-1] != "chunked" or "chunked" in codings[:-1]:
             # RFC 9112 §6.3 (4): chunked must be final, and only once.
             raise HTTPError(400, "Transfer-Encoding %r: chunked must be the final coding, once"
                             % transfer_encoding)
@@ -463,10 +519,10 @@ def parse_body_framing(head: RequestHead):
                         % transfer_encoding)
     if content_length is None:
         return 0                    # RFC 9112 §6.3 (7): no body
-    if CONTENT_LENGTH_RE.fullmatch(content_length) is None:
-        raise HTTPError(400, "invalid Content-Length %s (expected 1 to 18 digits)"
-                        % _show(content_length))
-    return int(content_length)
+    try:
+        return parse_content_length(content_length)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
 
 
 def parse_chunk_size(line: bytes) -> int:
@@ -475,7 +531,11 @@ def parse_chunk_size(line: bytes) -> int:
     if match is None:
         raise HTTPError(400, "invalid chunk-size line %s (expected hex digits, optional "
                         ";extensions, CRLF)" % _show(line))
-    return int(match.group(1), 16)
+    digits = match.group(1).lstrip(b"0")       # RFC 9112 §7.1: "000000a" is 10
+    if len(digits) > MAX_CHUNK_SIZE_DIGITS:
+        raise HTTPError(400, "chunk size %s is too large (at most %d significant hex digits)"
+                        % (_show(match.group(1)), MAX_CHUNK_SIZE_DIGITS))
+    return int(digits or b"0", 16)
 
 
 # =============================================================================
@@ -929,13 +989,12 @@ def build_response_head(status: str, headers: list) -> ResponseHead:
                              "the server manages the connection" % name)
         if lower == "content-length":
             value = value.strip()
-            if CONTENT_LENGTH_RE.fullmatch(value) is None:
-                raise ValueError("invalid Content-Length %s" % _show(value))
+            length = parse_content_length(value)
             if content_length is not None:
-                if int(value) != content_length:
+                if length != content_length:
                     raise ValueError("two different Content-Length headers")
                 continue    # the same twice: send it once
-            content_length = int(value)
+            content_length = length
             if code == 204:
                 continue    # RFC 9110 §8.6: never in a 204
         elif lower == "date":
@@ -1054,6 +1113,16 @@ class Response:
                 extra.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False     # RFC 9112 §6.3 (8): close-delimited
+        extra.append(self._connection_field())
+        if not head.has_date:
+            extra.append(date_line())
+        if not head.has_server:
+            extra.append(_SERVER_LINE)
+        self.headers_sent = True
+        return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
+
+    def _connection_field(self) -> bytes:
+        """Decide whether the connection outlives this response; its Connection line, or b""."""
         body = self.body_input
         if self.keep_alive and body is not None and not body.finished and (
                 body._on_first_read is not None or
@@ -1064,16 +1133,8 @@ class Response:
         if self.transport is not None and self.transport.stopping:
             self.keep_alive = False
         if self.version == (1, 1):
-            if not self.keep_alive:
-                extra.append(b"Connection: close\r\n")
-        elif self.keep_alive:
-            extra.append(b"Connection: keep-alive\r\n")
-        if not head.has_date:
-            extra.append(date_line())
-        if not head.has_server:
-            extra.append(_SERVER_LINE)
-        self.headers_sent = True
-        return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
+            return b"" if self.keep_alive else b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self.keep_alive else b""
 
     def _frame(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire, under the chosen framing."""
@@ -1149,6 +1210,11 @@ class Response:
                 _check_chunk(chunk)
                 if chunk:
                     self.write(chunk)
+                if self.remaining == 0:
+                    # PEP 3333: the server "should stop iterating over the
+                    # response when enough data has been sent" -- an endless
+                    # iterable would otherwise be pulled forever.
+                    break
         self.finish()
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
@@ -1193,13 +1259,13 @@ class Response:
 
     def send_simple(self, code: int, text: str, fields=()):
         """A response made by the server itself (404, 426, 500...): plain text."""
-        body = plain_text_body(code, text)
-        block = b"Content-Type: text/plain; charset=utf-8\r\n"
-        for name, value in fields:
-            block += ("%s: %s\r\n" % (name, value)).encode("latin-1")
+        data = build_simple_response(code, text, self.method, fields, self._connection_field())
         status = ("%d %s" % (code, _STATUS_PHRASES.get(code, "Error"))).encode("ascii")
-        self.headers_set = ResponseHead(code, status, block, None, False, False)
-        self.send_result([body])
+        self.headers_set = ResponseHead(code, status, b"", None, True, True)
+        self.headers_sent = True
+        if self.method != "HEAD":
+            self.body_bytes = len(plain_text_body(code, text))
+        self._send(data)
 
 
 def send_all(sock, data: bytes):
@@ -1212,17 +1278,23 @@ def send_all(sock, data: bytes):
         sock.sendall(view[start:start + SEND_SLICE])
 
 
-def build_error_response(status: int, detail: str, fields=()) -> bytes:
-    """The bytes of an error answer to a request the server could not accept."""
-    phrase = _STATUS_PHRASES.get(status, "Error")
-    body = plain_text_body(status, detail)
+def build_simple_response(status: int, text: str, method: str = "", fields=(),
+                          connection: bytes = b"Connection: close\r\n") -> bytes:
+    """The bytes of an answer the server makes itself (400, 404, 500...), plain text.
+
+    The one serializer of such answers, for a request refused before an app
+    saw it and for Response.send_simple alike. For HEAD the body is left out
+    and its Content-Length kept (RFC 9110 §9.3.2: the fields GET would get,
+    no content). ``connection`` is the Connection line, b"" for none.
+    """
+    body = plain_text_body(status, text)
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")),
+        b"HTTP/1.1 %d %s\r\n" % (status, _STATUS_PHRASES.get(status, "Error").encode("ascii")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         "".join("%s: %s\r\n" % field for field in fields).encode("latin-1"),
         b"Content-Length: %d\r\n" % len(body),
-        b"Connection: close\r\n",
-        date_line(), _SERVER_LINE, b"\r\n", body))
+        connection, date_line(), _SERVER_LINE, b"\r\n",
+        b"" if method == "HEAD" else body))
 
 
 # =============================================================================
@@ -1262,7 +1334,7 @@ class HTTPConnection:
         reader = self.reader
         self.sock.settimeout(limits.client_timeout)
         while True:
-            self.response = None
+            self.response = head = None
             reader.receiving = False
             try:
                 head_bytes = read_request_head(reader, limits)
@@ -1273,7 +1345,7 @@ class HTTPConnection:
                 if not self.handle_request(head):
                     return
             except HTTPError as exc:
-                self.send_error(exc)
+                self.send_error(exc, head.method if head is not None else "")
                 self.linger = True
                 return
             except OSError as exc:      # client gone or too slow; ClientDisconnected too
@@ -1282,12 +1354,12 @@ class HTTPConnection:
             finally:
                 self.handling = False
 
-    def send_error(self, exc: HTTPError):
+    def send_error(self, exc: HTTPError, method: str = ""):
         log.debug("%d for %s: %s", exc.status, self.client_address[0], exc.detail)
         if self.response is not None and self.response.headers_sent:
             return
         try:
-            self.sock.sendall(build_error_response(exc.status, exc.detail, exc.fields))
+            self.sock.sendall(build_simple_response(exc.status, exc.detail, method, exc.fields))
         except OSError:
             pass
 
@@ -1303,14 +1375,9 @@ class HTTPConnection:
         fields = head.fields
         version = head.version
         path, query, authority = parse_request_target(head.method, head.target)
-        if authority is not None:
-            fields["HTTP_HOST"] = authority     # RFC 9112 §3.2.2: the target's wins
-        host = fields.get("HTTP_HOST")
-        if host is None:
-            if version == (1, 1):
-                raise HTTPError(400, "HTTP/1.1 request without Host (RFC 9112 §3.2)")
-        elif HOST_RE.fullmatch(host) is None:
-            raise HTTPError(400, "invalid Host %s" % _show(host))
+        host = parse_host(version, fields.get("HTTP_HOST"), authority)
+        if host is not None:
+            fields["HTTP_HOST"] = host
         length = parse_body_framing(head)
         max_body = limits.max_body_size
         if max_body is not None and length is not None and length > max_body:
@@ -1337,8 +1404,7 @@ class HTTPConnection:
         if path == "*":
             service, script_name, path_info = None, "", "*"
         else:
-            path_info = decode_path(path)
-            service, script_name, path_info = transport.resolve(path_info)
+            service, script_name, path_info = transport.resolve(path)
         environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
         try:
             if service is None:
@@ -2095,7 +2161,9 @@ class WebSocketService:
 # the default for everything else) and each value a service, or a nested
 # "path" node. A request path is matched segment by segment, exactly and
 # case-sensitively; what matched becomes SCRIPT_NAME and the rest PATH_INFO,
-# as in Crossbar (Twisted's resource traversal) and PEP 3333.
+# as in Crossbar (Twisted's resource traversal) and PEP 3333. Segments are
+# cut on the raw path's "/" and percent-decoded after, as Twisted does, so an
+# encoded "%2F" is never a separator.
 
 class PathNode:
     """One level of the path tree: services by segment, and a default for "/"."""
@@ -2105,21 +2173,30 @@ class PathNode:
         self.default = default
 
     def resolve(self, path: str):
-        """(service, SCRIPT_NAME, PATH_INFO) for a decoded path; service None: 404."""
+        """(service, SCRIPT_NAME, PATH_INFO) for a raw path; service None: 404.
+
+        ``path`` is still percent-encoded. It is cut into segments on its raw
+        "/" and each segment decoded before it is looked up, as Twisted's
+        ``Request.process`` does (``map(unquote, path[1:].split(b"/"))``), so
+        ``/app%2Fx`` is the one segment "app/x" -- never the mount "app" --
+        while ``/%61pp/x`` is "app" then "x". SCRIPT_NAME and PATH_INFO come
+        out percent-decoded, latin-1, as PEP 3333 asks (an encoded "/" in
+        PATH_INFO is then a "/" like any other: PEP 3333 cannot tell them apart).
+        """
         node = self
         script_name = ""
         while path:                 # path is "" or starts with "/"
             end = path.find("/", 1)
-            segment = path[1:end] if end > 0 else path[1:]
+            segment = decode_path(path[1:end] if end > 0 else path[1:])
             child = node.children.get(segment)
             if child is None:
                 break
             script_name += "/" + segment
             path = path[end:] if end > 0 else ""
             if type(child) is not PathNode:
-                return child, script_name, path
+                return child, script_name, decode_path(path)
             node = child
-        return node.default, script_name, path
+        return node.default, script_name, decode_path(path)
 
     def services(self, prefix: str = ""):
         """(URL path, service) for every service in the tree, for start-up lines."""
