@@ -2595,6 +2595,112 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(os.path.normpath(project), sys.path)
             self.assertEqual(node.urls(), ["http://0.0.0.0:0/ (wsgi wsgihost_cbdir_probe:app)"])
 
+    def test_non_finite_and_endless_timeouts_refused(self):
+        # json.loads gives inf for 1e400 and accepts Infinity and NaN; each passes a
+        # "> 0" test and then breaks settimeout() on every connection (or never fires).
+        where = ".crossbar/config.json: workers[0].transports[0]."
+        for value, shown in ((float("inf"), "inf"), (float("nan"), "nan"), (float("-inf"), "-inf")):
+            with self.subTest(value=value):
+                self.assertConfigError(web_config({}, options={"client_timeout": value}),
+                                       where + "options.client_timeout: expected a number of seconds, "
+                                       "got a number that is not finite (%s)" % shown)
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {
+                                   "close_handshake_timeout": float("inf")}}}),
+                               where + 'paths["ws"].options.close_handshake_timeout: expected a number '
+                               'of milliseconds, got a number that is not finite (inf)')
+        self.assertConfigError(web_config({}, options={"shutdown_grace": 1e10}),
+                               where + "options.shutdown_grace: must be at most 31536000 seconds "
+                               "(a year), got 10000000000.0")
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {
+                                   "auto_ping_interval": 10 ** 11}}}),
+                               where + 'paths["ws"].options.auto_ping_interval: must be at most '
+                               '31536000000 milliseconds (a year), got 100000000000')
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                f.write('{"workers": [], "x": Infinity}')
+            with self.assertRaises(wsgihost.ConfigError) as ctx:
+                wsgihost.load_config(path)
+        self.assertEqual(str(ctx.exception), "%s: invalid JSON: Infinity is not a JSON number "
+                                             "(RFC 8259 §6: no Infinity or NaN)" % path)
+
+    def test_top_level_slash_of_type_path_refused(self):
+        hello = {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}
+        for paths, where in (({"/": {"type": "path", "paths": {"a": hello}}}, 'paths["/"]'),
+                             ({"p": {"type": "path", "paths": {"/": {"type": "path", "paths": {}}}}},
+                              'paths["p"].paths["/"]')):
+            with self.subTest(where=where):
+                self.assertConfigError(web_config(paths), '.crossbar/config.json: workers[0].transports[0].'
+                                                          '%s: "/" must be a service, not a nested path' % where)
+
+    def test_backlog_bounded(self):
+        # 3e9 would overflow listen(); the kernel caps at net.core.somaxconn anyway.
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 0, "backlog": 3000000000}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.backlog: "
+                               "must be 1 to 65535, got 3000000000")
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 0, "backlog": 65536}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.backlog: "
+                               "must be 1 to 65535, got 65536")
+        transport = wsgihost.build_transports(web_config({"ws": {"type": "websocket"}},
+                                                         {"type": "tcp", "port": 0, "backlog": 65535}))[0]
+        self.assertEqual(transport.backlog, 65535)
+
+    def test_port_env_var_must_be_ascii_digits(self):
+        # "²".isdigit() is True, int("²") a ValueError: a traceback instead of one line.
+        for value in ("\u00b2", "\u0661\u0662", "80 ", "+80", "123456"):
+            with self.subTest(value=value):
+                os.environ["WSGIHOST_TEST_PORT"] = value
+                self.addCleanup(os.environ.pop, "WSGIHOST_TEST_PORT", None)
+                self.assertConfigError(web_config({}, {"type": "tcp", "port": "$WSGIHOST_TEST_PORT"}),
+                                       ".crossbar/config.json: workers[0].transports[0].endpoint.port: "
+                                       "environment variable WSGIHOST_TEST_PORT is %r, not a port number"
+                                       % value)
+
+    def test_ipv6_interface_chooses_ipv6(self):
+        ws = {"ws": {"type": "websocket"}}
+        for endpoint, family in (({"interface": "::1"}, socket.AF_INET6),
+                                 ({"interface": "::"}, socket.AF_INET6),
+                                 ({"interface": "127.0.0.1"}, socket.AF_INET),
+                                 ({"interface": "localhost"}, socket.AF_INET),
+                                 ({}, socket.AF_INET),
+                                 ({"version": 6}, socket.AF_INET6),
+                                 ({"interface": "localhost", "version": 6}, socket.AF_INET6),
+                                 ({"interface": "::1", "version": 6}, socket.AF_INET6)):
+            with self.subTest(endpoint=endpoint):
+                transport = wsgihost.build_transports(web_config(ws, dict(endpoint, type="tcp", port=0)))[0]
+                self.assertEqual(transport.family, family)
+        where = ".crossbar/config.json: workers[0].transports[0].endpoint.version: "
+        self.assertConfigError(web_config(ws, {"type": "tcp", "port": 0, "interface": "::1", "version": 4}),
+                               where + 'is 4, but the interface "::1" is an IPv6 address')
+        self.assertConfigError(web_config(ws, {"type": "tcp", "port": 0, "interface": "127.0.0.1",
+                                               "version": 6}),
+                               where + 'is 6, but the interface "127.0.0.1" is an IPv4 address')
+        self.assertEqual(wsgihost.app_transport(hello_app, "::1", 0).family, socket.AF_INET6)
+
+    def test_app_transport_options_type_checked(self):
+        # A string client_timeout used to pass, then fail in settimeout() on every connection.
+        for options, message in (
+                ({"client_timeout": "5"}, 'client_timeout: expected a number of seconds, got a string "5"'),
+                ({"max_body_size": 0}, "max_body_size: must be at least 1, got 0"),
+                ({"access_log": 1}, "access_log: expected true or false, got a number 1")):
+            with self.subTest(options=options), self.assertRaises(wsgihost.ConfigError) as ctx:
+                wsgihost.app_transport(hello_app, **options)
+            self.assertEqual(str(ctx.exception), "app_transport: " + message)
+        self.assertEqual(wsgihost.app_transport(hello_app, client_timeout=5).limits.client_timeout, 5)
+
+    def test_missing_pythonpath_entry_warns(self):
+        with tempfile.TemporaryDirectory() as cbdir:
+            config = web_config({"ws": {"type": "websocket"}})
+            config["workers"][0]["options"] = {"pythonpath": [".", "no-such-dir"]}
+            missing = os.path.join(cbdir, "no-such-dir")
+            self.addCleanup(lambda: [sys.path.remove(p) for p in (missing, os.path.normpath(cbdir))
+                                     if p in sys.path])
+            with self.assertLogs("wsgihost", "WARNING") as logs:
+                wsgihost.build_transports(config, cbdir, "c.json")
+        self.assertEqual([r.getMessage() for r in logs.records],
+                         ['c.json: workers[0].options.pythonpath[1]: %s does not exist ("no-such-dir", '
+                          'relative to the node directory %s)' % (missing, cbdir)])
+
     def test_invalid_json(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             f.write('{"workers": [}')
@@ -2608,6 +2714,11 @@ class ConfigTests(unittest.TestCase):
 class CommandLineTests(unittest.TestCase):
 
     def run_main(self, *argv):
+        # main() configures the "wsgihost" logger: put it back as the other tests expect it.
+        logger = logging.getLogger("wsgihost")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        self.addCleanup(lambda: (setattr(logger, "handlers", saved[0]), logger.setLevel(saved[1]),
+                                 setattr(logger, "propagate", saved[2])))
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -2639,6 +2750,58 @@ class CommandLineTests(unittest.TestCase):
     def test_version(self):
         status, out, err = self.run_main("--version")
         self.assertEqual((status, out), (0, "wsgihost %s\n" % wsgihost.__version__))
+
+    def test_config_not_utf8_is_one_line_and_exit_2(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "wb") as f:
+                f.write(b'{"workers": [], "title": "caf\xe9"}')     # latin-1, not UTF-8
+            status, out, err = self.run_main("--check", path)
+        self.assertEqual((status, err), (2, "%s: the config is not UTF-8 text: byte 0xE9 at offset 29\n"
+                                         % path))
+
+    def test_check_refuses_non_finite_timeout(self):
+        # --check said "ok" for 1e400 (json.loads: inf), and the server then failed on
+        # every connection.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                f.write(json.dumps(web_config({"ws": {"type": "websocket"}})).replace(
+                    '"type": "web"', '"type": "web", "options": {"client_timeout": 1e400}'))
+            status, out, err = self.run_main("--check", path)
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(err, "%s: workers[0].transports[0].options.client_timeout: expected a number "
+                              "of seconds, got a number that is not finite (inf)\n" % path)
+
+    def test_logging_configures_the_wsgihost_logger_never_the_root(self):
+        # basicConfig() on the root logger printed every line of an app that has its
+        # own handler (Django) a second time. The server's logger gets its own handler.
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        root.handlers = []
+        self.addCleanup(lambda: (setattr(root, "handlers", saved[0]), root.setLevel(saved[1])))
+        status, out, err = self.run_main("--loglevel", "warn", "--check",
+                                         os.path.join(HERE, "examples", "hello", ".crossbar"))
+        self.assertEqual(status, 0)
+        self.assertEqual((root.handlers, root.level), ([], saved[1]))
+        logger = logging.getLogger("wsgihost")
+        own = [h for h in logger.handlers if getattr(h, "wsgihost_own", False)]
+        self.assertEqual((len(own), logger.level, logger.propagate), (1, logging.WARNING, False))
+        # An app's logger with its own handler: its line comes out once.
+        app_log, app_out = logging.getLogger("test_wsgihost.django_like"), io.StringIO()
+        app_handler = logging.StreamHandler(app_out)
+        app_log.addHandler(app_handler)
+        self.addCleanup(app_log.removeHandler, app_handler)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            app_log.warning("app line")
+        self.assertEqual((app_out.getvalue(), err.getvalue()), ("app line\n", ""))
+        # The server's own lines go to its handler, once, and not to the root.
+        with contextlib.redirect_stderr(err):
+            wsgihost.configure_logging("INFO")
+            logging.getLogger("wsgihost").warning("server line")
+        self.assertEqual(err.getvalue().count("server line"), 1)
+        self.assertEqual(len([h for h in logger.handlers if getattr(h, "wsgihost_own", False)]), 1)
 
     def test_bad_app_spec(self):
         status, out, err = self.run_main("--app", "nocolon")
@@ -2727,6 +2890,35 @@ class SubprocessTests(unittest.TestCase):
         self.assertEqual(proc.returncode, 1)
         self.assertEqual(err.decode().strip().splitlines()[-1],
                          "cannot listen on 127.0.0.1:%d: Address already in use" % port)
+
+    def test_app_with_ipv6_host_serves(self):
+        # "--app ... --host ::1" bound an IPv4 socket to an IPv6 address and failed.
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+                port = probe.getsockname()[1]
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        proc = self.start(["--app", "test_wsgihost:hello_app", "--host", "::1", "--port", str(port)], HERE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("::1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    self.fail("server exited: %r" % (proc.communicate(),))
+                if time.monotonic() > deadline:
+                    self.fail("server did not start")
+                time.sleep(0.05)
+        conn = http.client.HTTPConnection("::1", port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read()), (200, b"Hello, World!"))
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        self.assertIn("serving http://[::1]:%d/" % port, err.decode())
 
     def test_app_importing_wsgihost_gets_the_running_module(self):
         port = free_port()

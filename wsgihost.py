@@ -62,8 +62,10 @@ import fnmatch
 import hashlib
 import http
 import importlib
+import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -124,6 +126,13 @@ MAX_CONNECTIONS = 1000
 #: Listen backlog. socketserver's default of 5 drops connections in a burst;
 #: the kernel caps this at net.core.somaxconn (4096 on current Linux).
 LISTEN_BACKLOG = 1024
+#: The largest "backlog" a config may ask for (the largest net.core.somaxconn
+#: older Linux kernels allow). A larger one is refused, not clamped: its author
+#: expected a queue the kernel will not give, and 3e9 overflows listen().
+MAX_LISTEN_BACKLOG = 65535
+#: The longest timeout a config may give, in seconds (one year). Longer ones
+#: are refused: socket.settimeout() overflows near 1e10 s, on every connection.
+MAX_TIMEOUT = 365 * 24 * 3600.0
 #: A chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
 #: allows extensions but sets no bound; h11 and node bound them too). Answer: 400.
 MAX_CHUNK_LINE = 4 * 1024
@@ -2422,6 +2431,10 @@ def _expect(where: _Where, value, kind, what: str):
         ok = type(value) is int
     elif kind is float:
         ok = type(value) in (int, float)
+        if type(value) is float and not math.isfinite(value):
+            # json.loads reads 1e400 as inf; inf and nan pass every "> 0" test
+            # and then fail in settimeout() or wait forever.
+            raise where.error("expected %s, got a number that is not finite (%s)" % (what, value))
     else:
         ok = type(value) is kind
     if not ok:
@@ -2451,11 +2464,21 @@ def load_config(path: str):
             text = f.read()
     except OSError as exc:
         raise ConfigError("", "cannot read the config: %s" % (exc.strerror or exc), path) from None
+    except UnicodeDecodeError as exc:
+        # RFC 8259 §8.1: JSON exchanged between systems is UTF-8.
+        raise ConfigError("", "the config is not UTF-8 text: byte 0x%02X at offset %d"
+                          % (exc.object[exc.start], exc.start), path) from None
     try:
-        config = json.loads(text)
+        config = json.loads(text, parse_constant=_refuse_json_constant)
     except ValueError as exc:
         raise ConfigError("", "invalid JSON: %s" % exc, path) from None
     return config, os.path.dirname(os.path.abspath(path))
+
+
+def _refuse_json_constant(name: str):
+    # json.loads accepts NaN, Infinity and -Infinity, which JSON does not have
+    # (RFC 8259 §6), and they would pass as timeouts.
+    raise ValueError("%s is not a JSON number (RFC 8259 §6: no Infinity or NaN)" % name)
 
 
 def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -> list:
@@ -2482,6 +2505,13 @@ def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -
                              list, "a list of directories")
         for j, entry in enumerate(pythonpath):
             _expect(where / "options" / "pythonpath" / j, entry, str, "a directory")
+            directory = os.path.normpath(os.path.join(cbdir, entry))
+            if not os.path.exists(directory):
+                # A warning, not an error: Crossbar adds it all the same, and
+                # an app that imports nothing from it still runs.
+                log.warning("%s: %s: %s does not exist (%s, relative to the node directory %s)",
+                            filename, (where / "options" / "pythonpath" / j).path, directory,
+                            json.dumps(entry), cbdir)
         for entry in reversed(pythonpath):
             directory = os.path.normpath(os.path.join(cbdir, entry))
             if directory not in sys.path:
@@ -2536,12 +2566,16 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
         elif kind == "seconds":
             if _expect(w, value, float, "a number of seconds") <= 0:
                 raise w.error("must be more than 0, got %s" % value)
-        elif kind == "ms":
-            if _expect(w, value, float, "a number of milliseconds") < 0:
-                raise w.error("must be 0 or more, got %s" % value)
-        elif kind == "ms > 0":
-            if _expect(w, value, float, "a number of milliseconds") <= 0:
-                raise w.error("must be more than 0, got %s" % value)
+            if value > MAX_TIMEOUT:
+                raise w.error("must be at most %d seconds (a year), got %s" % (MAX_TIMEOUT, value))
+        elif kind in ("ms", "ms > 0"):
+            _expect(w, value, float, "a number of milliseconds")
+            if value < 0 or value == 0 and kind == "ms > 0":
+                raise w.error("must be %s, got %s" % ("0 or more" if kind == "ms" else
+                                                      "more than 0", value))
+            if value > MAX_TIMEOUT * 1000:
+                raise w.error("must be at most %d milliseconds (a year), got %s"
+                              % (MAX_TIMEOUT * 1000, value))
         elif kind == "strings":
             _expect(w, value, list, "a list of strings")
             for i, item in enumerate(value):
@@ -2572,7 +2606,8 @@ def _parse_endpoint(where: _Where, endpoint):
         if name not in os.environ:
             raise (where / "port").error("environment variable %s is not set" % name)
         value = os.environ[name]
-        if not value.isdigit():
+        # [0-9], not str.isdigit(): "²" is a digit to isdigit() but not to int().
+        if re.fullmatch(r"[0-9]{1,5}", value) is None:
             raise (where / "port").error("environment variable %s is %r, not a port number"
                                          % (name, value))
         port = int(value)
@@ -2582,14 +2617,32 @@ def _parse_endpoint(where: _Where, endpoint):
         raise (where / "port").error("port %d out of range (0-65535)" % port)
     interface = _expect(where / "interface", endpoint.get("interface", ""), str, "an address")
     backlog = _expect(where / "backlog", endpoint.get("backlog", LISTEN_BACKLOG), int, "an integer")
-    if backlog < 1:
-        raise (where / "backlog").error("must be at least 1, got %d" % backlog)
-    version = endpoint.get("version", 4)
-    if version not in (4, 6) or type(version) is not int:
-        raise (where / "version").error("expected 4 or 6, got %s" % json.dumps(version))
-    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    if not 1 <= backlog <= MAX_LISTEN_BACKLOG:       # refused, not clamped: see the constant
+        raise (where / "backlog").error("must be 1 to %d, got %d" % (MAX_LISTEN_BACKLOG, backlog))
+    family = _address_family(where, interface, endpoint.get("version"))
     shared = _expect(where / "shared", endpoint.get("shared", False), bool, "true or false")
     return interface, port, family, backlog, shared
+
+
+def _address_family(where: _Where, interface: str, version=None):
+    """AF_INET or AF_INET6 for an endpoint: its "version", else its interface's.
+
+    An IPv6 address as the interface ("::1") means IPv6 without "version": 6;
+    a "version" that contradicts the interface's address is an error. A host
+    name, or "" (all interfaces), is IPv4 unless "version" says 6.
+    """
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        address = None
+    if version is None:
+        version = address.version if address is not None else 4
+    elif version not in (4, 6) or type(version) is not int:
+        raise (where / "version").error("expected 4 or 6, got %s" % json.dumps(version))
+    elif address is not None and address.version != version:
+        raise (where / "version").error('is %d, but the interface "%s" is an IPv%d address'
+                                        % (version, interface, address.version))
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 _PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
@@ -2604,6 +2657,9 @@ def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool) -> Pa
                           "\"_\" and \"-\"" % json.dumps(key))
         built = _build_service(w, service, display_tracebacks)
         if key == "/":
+            if type(built) is PathNode:
+                # "/" takes what no segment matched; it is one service, never a tree.
+                raise w.error('"/" must be a service, not a nested path')
             node.default = built
         else:
             node.children[key] = built
@@ -2625,10 +2681,7 @@ def _build_service(where: _Where, service, display_tracebacks: bool):
     if kind == "path":
         _check_keys(where, service, ("type", "paths"))
         paths = _expect(where / "paths", service.get("paths"), dict, "an object of paths")
-        node = _build_path_node(where / "paths", paths, display_tracebacks)
-        if type(node.default) is PathNode:
-            raise (where / "paths" / "/").error('"/" must be a service, not a nested path')
-        return node
+        return _build_path_node(where / "paths", paths, display_tracebacks)
     if kind == "websocket":
         _check_keys(where, service, ("type", "module", "object", "options"),
                     ignored=("serializers", "auth", "cookie", "debug", "url"))
@@ -3049,11 +3102,13 @@ def app_transport(app, host: str = "127.0.0.1", port: int = 8080, **options) -> 
     unknown = set(options) - set(WEB_OPTIONS)
     if unknown:
         raise TypeError("unknown options: %s" % ", ".join(sorted(unknown)))
+    where = _Where("app_transport")
+    values = _check_options(where, options, WEB_OPTIONS)    # ConfigError, as for a config
     label = getattr(app, "__module__", "app") + ":" + getattr(app, "__name__", type(app).__name__)
-    service = WSGIService(app, label, display_tracebacks=options.get("display_tracebacks", False))
-    limits = Limits(**{name: options[name] for name in _LIMIT_NAMES if name in options})
+    service = WSGIService(app, label, display_tracebacks=values["display_tracebacks"])
+    limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(PathNode(default=service), host, port, limits=limits,
-                        access_log=options.get("access_log", False))
+                        family=_address_family(where, host), access_log=values["access_log"])
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
@@ -3101,6 +3156,28 @@ def _find_config(args) -> str:
                       "exists here (%s)" % os.getcwd(), "wsgihost")
 
 
+def configure_logging(level: str) -> logging.Handler:
+    """Send the ``wsgihost`` loggers' records to stderr at ``level``.
+
+    Only the server's own loggers: the root logger is left to the apps. A
+    handler there (logging.basicConfig) would print a second copy of every
+    line of an app that configures its own, as Django does, and with
+    propagation off the server's lines are printed once whatever the app sets
+    up. Calling this again replaces the handler it added before.
+    """
+    logger = logging.getLogger("wsgihost")
+    for handler in list(logger.handlers):
+        if getattr(handler, "wsgihost_own", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.wsgihost_own = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
 def _count_paths(transports) -> int:
     return sum(1 for t in transports for _ in t.root.services())
 
@@ -3123,9 +3200,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version="wsgihost " + __version__)
     args = parser.parse_args(argv)
 
-    level = {"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging({"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper()))
     try:
         if args.app:
             module, colon, obj = args.app.partition(":")
