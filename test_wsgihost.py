@@ -229,8 +229,16 @@ class ParseRequestHeadTests(unittest.TestCase):
         head = parse_request_head(b"GET / HTTP/1.1\r\nX-A: caf\xe9")
         self.assertEqual(head.fields["HTTP_X_A"], "caf\xe9")
 
-    def test_target_bytes_kept_as_latin1(self):
-        self.assertEqual(parse_request_head(b"GET /\xe2\x82\xac HTTP/1.1").target, "/\xe2\x82\xac")
+    def test_raw_byte_over_0x7f_in_target_rejected_rfc9112_3_2(self):
+        # RFC 9112 §3.2 and RFC 3986 §2: the request target is ASCII, other bytes
+        # are percent-encoded; gunicorn and waitress refuse raw ones with 400 too.
+        for target in (b"/\xe2\x82\xac", b"/caf\xe9", b"/?q=\x80", b"/\xff"):
+            with self.subTest(target=target):
+                self.assertIn("expected ASCII", self.assertRejected(b"GET " + target + b" HTTP/1.1").detail)
+        resp = one(hello_app, b"GET /caf\xe9 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual((resp.status, resp.headers["connection"]), (400, "close"))
+        # Percent-encoded, the same bytes are welcome (and decoded into PATH_INFO, see EnvironTests).
+        self.assertEqual(parse_request_head(b"GET /%E2%82%AC HTTP/1.1").target, "/%E2%82%AC")
 
     def test_bare_cr_rejected(self):
         self.assertIn("bare CR", self.assertRejected(b"GET / HTTP/1.1\r\nX-A: a\rb").detail)
@@ -340,6 +348,25 @@ class ParseRequestTargetTests(unittest.TestCase):
                 parse_request_target("GET", target)
             self.assertEqual(ctx.exception.status, 400)
 
+    def test_absolute_form_without_host_rejected_rfc9112_3_2(self):
+        # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to
+        # any HTTP/1.1 request message that lacks a Host header field" -- a client MUST
+        # send Host with an absolute-form target too -- "and to any request message
+        # that contains ... a Host header field with an invalid field value".
+        resp = one(hello_app, b"GET http://example.com/ HTTP/1.1\r\n\r\n")
+        self.assertEqual((resp.status, resp.headers["connection"]), (400, "close"))
+        self.assertIn(b"without Host", resp.body)
+        self.assertEqual(one(hello_app, b"GET http://example.com/ HTTP/1.1\r\nHost: a/b\r\n\r\n").status,
+                         400)
+        self.assertEqual(one(hello_app, b"GET http://example.com/ HTTP/1.0\r\n\r\n").status, 200)
+        # The pure decision handle_request takes: RFC 9112 §3.2.2, the target's authority wins.
+        self.assertEqual(wsgihost.parse_host((1, 1), "ignored", "example.com"), "example.com")
+        self.assertEqual(wsgihost.parse_host((1, 0), None, "example.com"), "example.com")
+        self.assertIsNone(wsgihost.parse_host((1, 0), None, None))
+        with self.assertRaises(HTTPError) as ctx:
+            wsgihost.parse_host((1, 1), None, "example.com")
+        self.assertEqual(ctx.exception.status, 400)
+
     def test_connect_not_implemented(self):
         with self.assertRaises(HTTPError) as ctx:
             parse_request_target("CONNECT", "example.com:443")
@@ -378,7 +405,8 @@ class ParseBodyFramingTests(unittest.TestCase):
                 self.assertRejected(b"\r\nContent-Length: " + value)
 
     def test_transfer_encoding_other_than_final_chunked_rejected(self):
-        for value in (b"chunked, gzip", b"gzip", b"identity", b"chunked, chunked", b"", b"chunked,"):
+        for value in (b"chunked, gzip", b"gzip", b"identity", b"chunked, chunked", b"", b",", b" , ,",
+                      b"chunked, ,chunked"):
             with self.subTest(value=value):
                 self.assertRejected(b"\r\nTransfer-Encoding: " + value)
 
@@ -387,6 +415,28 @@ class ParseBodyFramingTests(unittest.TestCase):
 
     def test_unknown_coding_before_chunked_not_implemented(self):
         self.assertRejected(b"\r\nTransfer-Encoding: gzip, chunked", 501)
+
+    def test_empty_transfer_encoding_list_elements_ignored_rfc9110_5_6_1(self):
+        # RFC 9110 §5.6.1: "a recipient MUST parse and ignore a reasonable number of
+        # empty list elements": ",chunked" and "chunked, " are plain chunked.
+        for value in (b",chunked", b"chunked, ", b"chunked,", b" , chunked ,,"):
+            with self.subTest(value=value):
+                self.assertIsNone(self.framing(b"\r\nTransfer-Encoding: " + value))
+        self.assertRejected(b"\r\nTransfer-Encoding: ,gzip, ,chunked", 501)
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\n\r\n")
+        self.assertEqual(env["body"], "hello")
+
+    def test_long_content_length_digit_strings_accepted_rfc9110_8_6(self):
+        # RFC 9110 §8.6: Content-Length = 1*DIGIT -- any number of digits; only a
+        # value too large to hold is refused (19 significant digits: over 2**63).
+        self.assertEqual(self.framing(b"\r\nContent-Length: 00000000000000000005"), 5)
+        self.assertEqual(self.framing(b"\r\nContent-Length: " + b"0" * 5000 + b"7"), 7)   # no int() limit
+        self.assertEqual(self.framing(b"\r\nContent-Length: 0" + b"9" * 18), 10 ** 18 - 1)
+        self.assertRejected(b"\r\nContent-Length: 0" + b"1" + b"0" * 18)                   # 19 digits
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 00000000000000000005"
+                          b"\r\n\r\nhello")
+        self.assertEqual(env["body"], "hello")
 
     def test_transfer_encoding_in_http_1_0_rejected(self):
         self.assertRejected(b"\r\nTransfer-Encoding: chunked", 400, b"1.0")
@@ -401,6 +451,22 @@ class ParseChunkSizeTests(unittest.TestCase):
 
     def test_extensions_accepted_and_ignored(self):
         self.assertEqual(wsgihost.parse_chunk_size(b'5;name=value;flag ; q="a \\"b\\""\r\n'), 5)
+
+    def test_zero_padded_chunk_size_accepted_rfc9112_7_1(self):
+        # RFC 9112 §7.1: chunk-size = 1*HEXDIG -- leading zeros are digits like any other.
+        self.assertEqual(wsgihost.parse_chunk_size(b"000000a\r\n"), 10)
+        self.assertEqual(wsgihost.parse_chunk_size(b"0" * 100 + b"1;x=y\r\n"), 1)
+        self.assertEqual(wsgihost.parse_chunk_size(b"0" * 16 + b"ffffffffffffffff\r\n"), 2 ** 64 - 1)
+        self.assertEqual(wsgihost.parse_chunk_size(b"00000\r\n"), 0)
+        with self.assertRaises(HTTPError):                  # the value still must fit: 17 digits
+            wsgihost.parse_chunk_size(b"0000" + b"1ffffffffffffffff\r\n")
+        env = get_environ(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"000000005\r\nhello\r\n00000\r\n\r\n")
+        self.assertEqual(env["body"], "hello")
+        # The line stays bounded by MAX_CHUNK_LINE, zeros or not.
+        resp = one(body_reading_app, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"0" * wsgihost.MAX_CHUNK_LINE + b"5\r\nhello\r\n0\r\n\r\n", validate=False)
+        self.assertEqual(resp.status, 400)
 
     def test_invalid_chunk_size_lines_rejected(self):
         for line in (b"-1\r\n", b"+1\r\n", b"0x5\r\n", b"\r\n", b" 5\r\n", b"5\n", b"g\r\n",
@@ -540,6 +606,23 @@ class MountTests(unittest.TestCase):
         sock = FakeSocket(b"GET /api/v2 HTTP/1.1\r\nHost: a\r\n\r\nGET /api HTTP/1.1\r\nHost: a\r\n\r\n")
         self.transport.serve_connection(sock, REMOTE)
         self.assertEqual([r.status for r in split_responses(bytes(sock.sent))], [404, 404])
+
+    def test_encoded_slash_is_not_a_segment_separator_as_in_twisted(self):
+        # Twisted's Request.process (so Crossbar): postpath = map(unquote,
+        # path[1:].split(b"/")) -- cut on the raw "/", decode each segment after.
+        # "%2F" is data inside a segment (RFC 3986 §2.2), never a separator;
+        # "%61pp" decodes to the segment "app" and so does reach it.
+        for path, script_name, path_info in [
+                (b"/app%2Fx", "", "/app/x"), (b"/app%2fx/y", "", "/app/x/y"),
+                (b"/api%2Fv1/x", "", "/api/v1/x"), (b"/app/a%2Fb", "/app", "/a/b"),
+                (b"/%61pp/x", "/app", "/x"), (b"/api/%76%31/x", "/api/v1", "/x")]:
+            with self.subTest(path=path):
+                env = self.environ_for(path)
+                self.assertEqual((env["SCRIPT_NAME"], env["PATH_INFO"]), (script_name, path_info))
+        # Inside "api", "v1%2Fx" is one segment "v1/x": not "v1", and api has no "/".
+        sock = FakeSocket(b"GET /api/v1%2Fx HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.transport.serve_connection(sock, REMOTE)
+        self.assertEqual(split_responses(bytes(sock.sent))[0].status, 404)
 
     def test_no_default_path_gives_404(self):
         config = json.loads(json.dumps(MOUNT_CONFIG))
@@ -801,6 +884,77 @@ class ResponseFramingTests(unittest.TestCase):
         self.assertTrue(data.endswith(b"\r\n\r\n"))
         self.assertNotIn(b"data", data)
         self.assertNotIn(b"chunked", data)
+
+    def test_error_answer_to_head_has_no_body_rfc9110_9_3_2(self):
+        # RFC 9110 §9.3.2: the server "MUST NOT send content in the response" to
+        # HEAD -- its own error answers included -- with the fields GET would get.
+        for request in (b"HEAD / HTTP/1.1\r\n\r\n",                                  # no Host: 400
+                        b"HEAD / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                        b"HEAD / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"):      # 417
+            with self.subTest(request=request):
+                head_data = run_raw(hello_app, request)
+                get_data = run_raw(hello_app, b"GET" + request[4:])
+                self.assertTrue(head_data.endswith(b"\r\n\r\n"), head_data)
+                get = split_responses(get_data)[0]
+                head = split_responses(head_data, ["HEAD"])[0]
+                self.assertGreater(len(get.body), 0)
+                self.assertEqual((head.status, head.headers["content-length"]),
+                                 (get.status, str(len(get.body))))
+        # The one serializer, pure: HEAD is GET's head without the body.
+        get = wsgihost.build_simple_response(404, "nothing here", "GET")
+        head = wsgihost.build_simple_response(404, "nothing here", "HEAD")
+        drop_date = lambda data: [l for l in data.split(b"\r\n") if not l.startswith(b"Date:")]
+        self.assertEqual(drop_date(get[:len(head)]), drop_date(head))
+        self.assertEqual(get[len(head):], wsgihost.plain_text_body(404, "nothing here"))
+
+    def test_iteration_stops_once_content_length_is_sent_pep3333(self):
+        # PEP 3333: the server "should stop iterating over the response when enough
+        # data has been sent"; an endless iterable would be pulled forever.
+        pulled, closed = [], []
+
+        class Body:
+            def __iter__(self):
+                for i in range(10000):              # "endless", but bounded for the test
+                    pulled.append(i)
+                    yield b"x"
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "5")])
+            return Body()
+        with self.assertLogs("wsgihost", "DEBUG") as logs:
+            wsgihost.log.debug("sentinel")
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(pulled), 10)           # 5 per request, both requests served
+        self.assertEqual(closed, [True, True])
+        self.assertEqual([r.body for r in split_responses(data)], [b"xxxxx", b"xxxxx"])
+        self.assertEqual([r for r in logs.records if r.levelno >= logging.ERROR], [])
+
+    def test_chunk_past_content_length_logged_once_and_iteration_stops_pep3333(self):
+        pulled, closed = [], []
+
+        class Body:
+            def __iter__(self):
+                for i in range(10000):
+                    pulled.append(i)
+                    yield b"abc"
+
+            def close(self):
+                closed.append(True)
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT + [("Content-Length", "5")])
+            return Body()
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            data = run_raw(app, b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(pulled), 2)            # "abc" + "ab|c": the second chunk overshoots
+        self.assertEqual(closed, [True])            # the connection closed after the cut response
+        self.assertEqual(len(logs.records), 1, [r.getMessage() for r in logs.records])
+        self.assertIn("more than its Content-Length of 5", logs.records[0].getMessage())
+        responses = split_responses(data)
+        self.assertEqual([r.body for r in responses], [b"abcab"])
 
     def test_head_with_app_content_length_keeps_the_connection(self):
         def app(environ, start_response):
@@ -3437,6 +3591,112 @@ class ConfigTests(unittest.TestCase):
             self.assertIn(os.path.normpath(project), sys.path)
             self.assertEqual(node.urls(), ["http://0.0.0.0:0/ (wsgi wsgihost_cbdir_probe:app)"])
 
+    def test_non_finite_and_endless_timeouts_refused(self):
+        # json.loads gives inf for 1e400 and accepts Infinity and NaN; each passes a
+        # "> 0" test and then breaks settimeout() on every connection (or never fires).
+        where = ".crossbar/config.json: workers[0].transports[0]."
+        for value, shown in ((float("inf"), "inf"), (float("nan"), "nan"), (float("-inf"), "-inf")):
+            with self.subTest(value=value):
+                self.assertConfigError(web_config({}, options={"client_timeout": value}),
+                                       where + "options.client_timeout: expected a number of seconds, "
+                                       "got a number that is not finite (%s)" % shown)
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {
+                                   "close_handshake_timeout": float("inf")}}}),
+                               where + 'paths["ws"].options.close_handshake_timeout: expected a number '
+                               'of milliseconds, got a number that is not finite (inf)')
+        self.assertConfigError(web_config({}, options={"shutdown_grace": 1e10}),
+                               where + "options.shutdown_grace: must be at most 31536000 seconds "
+                               "(a year), got 10000000000.0")
+        self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {
+                                   "auto_ping_interval": 10 ** 11}}}),
+                               where + 'paths["ws"].options.auto_ping_interval: must be at most '
+                               '31536000000 milliseconds (a year), got 100000000000')
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                f.write('{"workers": [], "x": Infinity}')
+            with self.assertRaises(wsgihost.ConfigError) as ctx:
+                wsgihost.load_config(path)
+        self.assertEqual(str(ctx.exception), "%s: invalid JSON: Infinity is not a JSON number "
+                                             "(RFC 8259 §6: no Infinity or NaN)" % path)
+
+    def test_top_level_slash_of_type_path_refused(self):
+        hello = {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}
+        for paths, where in (({"/": {"type": "path", "paths": {"a": hello}}}, 'paths["/"]'),
+                             ({"p": {"type": "path", "paths": {"/": {"type": "path", "paths": {}}}}},
+                              'paths["p"].paths["/"]')):
+            with self.subTest(where=where):
+                self.assertConfigError(web_config(paths), '.crossbar/config.json: workers[0].transports[0].'
+                                                          '%s: "/" must be a service, not a nested path' % where)
+
+    def test_backlog_bounded(self):
+        # 3e9 would overflow listen(); the kernel caps at net.core.somaxconn anyway.
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 0, "backlog": 3000000000}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.backlog: "
+                               "must be 1 to 65535, got 3000000000")
+        self.assertConfigError(web_config({}, {"type": "tcp", "port": 0, "backlog": 65536}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.backlog: "
+                               "must be 1 to 65535, got 65536")
+        transport = wsgihost.build_transports(web_config({"ws": {"type": "websocket"}},
+                                                         {"type": "tcp", "port": 0, "backlog": 65535}))[0]
+        self.assertEqual(transport.backlog, 65535)
+
+    def test_port_env_var_must_be_ascii_digits(self):
+        # "²".isdigit() is True, int("²") a ValueError: a traceback instead of one line.
+        for value in ("\u00b2", "\u0661\u0662", "80 ", "+80", "123456"):
+            with self.subTest(value=value):
+                os.environ["WSGIHOST_TEST_PORT"] = value
+                self.addCleanup(os.environ.pop, "WSGIHOST_TEST_PORT", None)
+                self.assertConfigError(web_config({}, {"type": "tcp", "port": "$WSGIHOST_TEST_PORT"}),
+                                       ".crossbar/config.json: workers[0].transports[0].endpoint.port: "
+                                       "environment variable WSGIHOST_TEST_PORT is %r, not a port number"
+                                       % value)
+
+    def test_ipv6_interface_chooses_ipv6(self):
+        ws = {"ws": {"type": "websocket"}}
+        for endpoint, family in (({"interface": "::1"}, socket.AF_INET6),
+                                 ({"interface": "::"}, socket.AF_INET6),
+                                 ({"interface": "127.0.0.1"}, socket.AF_INET),
+                                 ({"interface": "localhost"}, socket.AF_INET),
+                                 ({}, socket.AF_INET),
+                                 ({"version": 6}, socket.AF_INET6),
+                                 ({"interface": "localhost", "version": 6}, socket.AF_INET6),
+                                 ({"interface": "::1", "version": 6}, socket.AF_INET6)):
+            with self.subTest(endpoint=endpoint):
+                transport = wsgihost.build_transports(web_config(ws, dict(endpoint, type="tcp", port=0)))[0]
+                self.assertEqual(transport.family, family)
+        where = ".crossbar/config.json: workers[0].transports[0].endpoint.version: "
+        self.assertConfigError(web_config(ws, {"type": "tcp", "port": 0, "interface": "::1", "version": 4}),
+                               where + 'is 4, but the interface "::1" is an IPv6 address')
+        self.assertConfigError(web_config(ws, {"type": "tcp", "port": 0, "interface": "127.0.0.1",
+                                               "version": 6}),
+                               where + 'is 6, but the interface "127.0.0.1" is an IPv4 address')
+        self.assertEqual(wsgihost.app_transport(hello_app, "::1", 0).family, socket.AF_INET6)
+
+    def test_app_transport_options_type_checked(self):
+        # A string client_timeout used to pass, then fail in settimeout() on every connection.
+        for options, message in (
+                ({"client_timeout": "5"}, 'client_timeout: expected a number of seconds, got a string "5"'),
+                ({"max_body_size": 0}, "max_body_size: must be at least 1, got 0"),
+                ({"access_log": 1}, "access_log: expected true or false, got a number 1")):
+            with self.subTest(options=options), self.assertRaises(wsgihost.ConfigError) as ctx:
+                wsgihost.app_transport(hello_app, **options)
+            self.assertEqual(str(ctx.exception), "app_transport: " + message)
+        self.assertEqual(wsgihost.app_transport(hello_app, client_timeout=5).limits.client_timeout, 5)
+
+    def test_missing_pythonpath_entry_warns(self):
+        with tempfile.TemporaryDirectory() as cbdir:
+            config = web_config({"ws": {"type": "websocket"}})
+            config["workers"][0]["options"] = {"pythonpath": [".", "no-such-dir"]}
+            missing = os.path.join(cbdir, "no-such-dir")
+            self.addCleanup(lambda: [sys.path.remove(p) for p in (missing, os.path.normpath(cbdir))
+                                     if p in sys.path])
+            with self.assertLogs("wsgihost", "WARNING") as logs:
+                wsgihost.build_transports(config, cbdir, "c.json")
+        self.assertEqual([r.getMessage() for r in logs.records],
+                         ['c.json: workers[0].options.pythonpath[1]: %s does not exist ("no-such-dir", '
+                          'relative to the node directory %s)' % (missing, cbdir)])
+
     def test_invalid_json(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             f.write('{"workers": [}')
@@ -3612,6 +3872,11 @@ class ServiceConfigTests(unittest.TestCase):
 class CommandLineTests(unittest.TestCase):
 
     def run_main(self, *argv):
+        # main() configures the "wsgihost" logger: put it back as the other tests expect it.
+        logger = logging.getLogger("wsgihost")
+        saved = logger.handlers[:], logger.level, logger.propagate
+        self.addCleanup(lambda: (setattr(logger, "handlers", saved[0]), logger.setLevel(saved[1]),
+                                 setattr(logger, "propagate", saved[2])))
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -3643,6 +3908,58 @@ class CommandLineTests(unittest.TestCase):
     def test_version(self):
         status, out, err = self.run_main("--version")
         self.assertEqual((status, out), (0, "wsgihost %s\n" % wsgihost.__version__))
+
+    def test_config_not_utf8_is_one_line_and_exit_2(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "wb") as f:
+                f.write(b'{"workers": [], "title": "caf\xe9"}')     # latin-1, not UTF-8
+            status, out, err = self.run_main("--check", path)
+        self.assertEqual((status, err), (2, "%s: the config is not UTF-8 text: byte 0xE9 at offset 29\n"
+                                         % path))
+
+    def test_check_refuses_non_finite_timeout(self):
+        # --check said "ok" for 1e400 (json.loads: inf), and the server then failed on
+        # every connection.
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "config.json")
+            with open(path, "w") as f:
+                f.write(json.dumps(web_config({"ws": {"type": "websocket"}})).replace(
+                    '"type": "web"', '"type": "web", "options": {"client_timeout": 1e400}'))
+            status, out, err = self.run_main("--check", path)
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(err, "%s: workers[0].transports[0].options.client_timeout: expected a number "
+                              "of seconds, got a number that is not finite (inf)\n" % path)
+
+    def test_logging_configures_the_wsgihost_logger_never_the_root(self):
+        # basicConfig() on the root logger printed every line of an app that has its
+        # own handler (Django) a second time. The server's logger gets its own handler.
+        root = logging.getLogger()
+        saved = root.handlers[:], root.level
+        root.handlers = []
+        self.addCleanup(lambda: (setattr(root, "handlers", saved[0]), root.setLevel(saved[1])))
+        status, out, err = self.run_main("--loglevel", "warn", "--check",
+                                         os.path.join(HERE, "examples", "hello", ".crossbar"))
+        self.assertEqual(status, 0)
+        self.assertEqual((root.handlers, root.level), ([], saved[1]))
+        logger = logging.getLogger("wsgihost")
+        own = [h for h in logger.handlers if getattr(h, "wsgihost_own", False)]
+        self.assertEqual((len(own), logger.level, logger.propagate), (1, logging.WARNING, False))
+        # An app's logger with its own handler: its line comes out once.
+        app_log, app_out = logging.getLogger("test_wsgihost.django_like"), io.StringIO()
+        app_handler = logging.StreamHandler(app_out)
+        app_log.addHandler(app_handler)
+        self.addCleanup(app_log.removeHandler, app_handler)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            app_log.warning("app line")
+        self.assertEqual((app_out.getvalue(), err.getvalue()), ("app line\n", ""))
+        # The server's own lines go to its handler, once, and not to the root.
+        with contextlib.redirect_stderr(err):
+            wsgihost.configure_logging("INFO")
+            logging.getLogger("wsgihost").warning("server line")
+        self.assertEqual(err.getvalue().count("server line"), 1)
+        self.assertEqual(len([h for h in logger.handlers if getattr(h, "wsgihost_own", False)]), 1)
 
     def test_bad_app_spec(self):
         status, out, err = self.run_main("--app", "nocolon")
@@ -3731,6 +4048,35 @@ class SubprocessTests(unittest.TestCase):
         self.assertEqual(proc.returncode, 1)
         self.assertEqual(err.decode().strip().splitlines()[-1],
                          "cannot listen on 127.0.0.1:%d: Address already in use" % port)
+
+    def test_app_with_ipv6_host_serves(self):
+        # "--app ... --host ::1" bound an IPv4 socket to an IPv6 address and failed.
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+                port = probe.getsockname()[1]
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        proc = self.start(["--app", "test_wsgihost:hello_app", "--host", "::1", "--port", str(port)], HERE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("::1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    self.fail("server exited: %r" % (proc.communicate(),))
+                if time.monotonic() > deadline:
+                    self.fail("server did not start")
+                time.sleep(0.05)
+        conn = http.client.HTTPConnection("::1", port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual((resp.status, resp.read()), (200, b"Hello, World!"))
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        self.assertIn("serving http://[::1]:%d/" % port, err.decode())
 
     def test_app_importing_wsgihost_gets_the_running_module(self):
         port = free_port()

@@ -71,9 +71,11 @@ import hashlib
 import html
 import http
 import importlib
+import ipaddress
 import json
 import logging
 import mimetypes
+import math
 import os
 import queue
 import re
@@ -150,6 +152,13 @@ LISTEN_BACKLOG = 1024
 #: its app, as waitress and nginx buffer bodies: a slow upload then costs a
 #: socket and this much memory, never an app slot. 0: bodies are streamed.
 BODY_BUFFER_SIZE = 64 * 1024
+#: The largest "backlog" a config may ask for (the largest net.core.somaxconn
+#: older Linux kernels allow). A larger one is refused, not clamped: its author
+#: expected a queue the kernel will not give, and 3e9 overflows listen().
+MAX_LISTEN_BACKLOG = 65535
+#: The longest timeout a config may give, in seconds (one year). Longer ones
+#: are refused: socket.settimeout() overflows near 1e10 s, on every connection.
+MAX_TIMEOUT = 365 * 24 * 3600.0
 #: A chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
 #: allows extensions but sets no bound; h11 and node bound them too). Answer: 400.
 MAX_CHUNK_LINE = 4 * 1024
@@ -231,18 +240,23 @@ REQUEST_LINE_RE = re.compile(rb"([%s]+) ([^\x00-\x20\x7f]+) HTTP/([0-9])\.([0-9]
 # (RFC 9112 §2.2: a bare CR must be rejected; we refuse bare LF too, since a
 # front end that splits lines differently is how requests get smuggled).
 BAD_HEAD_BYTE_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
-# RFC 9110 §8.6: Content-Length = 1*DIGIT. No sign, no spaces, no list; 18
-# digits keep the value under 2**63.
-CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
+# RFC 9110 §8.6: Content-Length = 1*DIGIT. No sign, no spaces, no list. Any
+# number of digits is valid; the value must fit in 18 significant digits
+# (under 2**63), see parse_content_length.
+CONTENT_LENGTH_RE = re.compile(r"[0-9]+")
+MAX_CONTENT_LENGTH_DIGITS = 18
 # RFC 9110 §7.2 and RFC 3986 §3.2.2: Host = uri-host [ ":" port ]
 HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 # RFC 9112 §7.1: chunk-size [ chunk-ext ] CRLF, where
 # chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ext-val ] ),
 # ext-val = token / quoted-string. Whitespace is allowed around ";" and "="
-# only, never before the CRLF. 16 hex digits keep the size under 2**64.
+# only, never before the CRLF. chunk-size = 1*HEXDIG: any number of digits
+# (the line is bounded by MAX_CHUNK_LINE), whose value must fit in 16
+# significant hex digits (under 2**64), see parse_chunk_size.
 _QUOTED_STRING = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+MAX_CHUNK_SIZE_DIGITS = 16
 CHUNK_LINE_RE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
+    rb"([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*[%s]+(?:[ \t]*=[ \t]*(?:[%s]+|%s))?)*)\r\n"
     % (_TCHAR, _TCHAR, _QUOTED_STRING))
 # PEP 3333: status is "three-digit code, a space, and a reason phrase";
 # RFC 9112 §4: reason-phrase = *( HTAB / SP / VCHAR / obs-text ). An app may
@@ -408,6 +422,13 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
         raise HTTPError(400, "malformed request line %s (expected: METHOD SP target SP HTTP/1.1)"
                         % _show(request_line))
     method, target, major, minor = match.groups()
+    if not target.isascii():
+        # RFC 9112 §3.2 and RFC 3986 §2: a request target is ASCII; other bytes
+        # must be percent-encoded. Guessing their charset is how two servers
+        # come to read one URL differently (gunicorn and waitress refuse them too).
+        bad = next(b for b in target if b > 0x7f)
+        raise HTTPError(400, "byte 0x%02X in the request target %s (expected ASCII; "
+                        "percent-encode other bytes)" % (bad, _show(target)))
     version = (major[0] - 48, minor[0] - 48)
     if version != (1, 1) and version != (1, 0):
         # RFC 9110 §15.6.6: 505 for a major version we do not support; we
@@ -446,8 +467,18 @@ def parse_request_head(head: bytes, limits: Limits = None) -> RequestHead:
 
 
 def parse_tokens(value: str) -> list:
-    """A comma-separated list of case-insensitive tokens (RFC 9110 §5.6.1), lowered."""
-    return [token.strip(" \t").lower() for token in value.split(",")]
+    """A comma-separated list of case-insensitive tokens (RFC 9110 §5.6.1), lowered.
+
+    Empty elements (``", chunked"``, ``"close, "``) are skipped: "a recipient
+    MUST parse and ignore a reasonable number of empty list elements" (the
+    field line's length bounds how many).
+    """
+    tokens = []
+    for token in value.split(","):
+        token = token.strip(" \t")
+        if token:
+            tokens.append(token.lower())
+    return tokens
 
 
 def parse_request_target(method: str, target: str):
@@ -484,6 +515,40 @@ def parse_request_target(method: str, target: str):
     return path, query, authority
 
 
+def parse_host(version: tuple, host, authority):
+    """The request's host: the ``Host`` field's value, or ``authority`` if the
+    target was in absolute form; None for HTTP/1.0 with neither.
+
+    RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code
+    to any HTTP/1.1 request message that lacks a Host header field" -- an
+    absolute-form target does not excuse it: the client MUST send Host there
+    too -- "and to any request message that contains ... a Host header field
+    with an invalid field value". RFC 9112 §3.2.2: with an absolute-form
+    target the server uses its authority and ignores Host (checked all the same).
+    """
+    if host is None:
+        if version == (1, 1):
+            raise HTTPError(400, "HTTP/1.1 request without Host (RFC 9112 §3.2)")
+    elif HOST_RE.fullmatch(host) is None:
+        raise HTTPError(400, "invalid Host %s" % _show(host))
+    return host if authority is None else authority
+
+
+def parse_content_length(value: str) -> int:
+    """RFC 9110 §8.6: Content-Length = 1*DIGIT, as an int; ValueError if not.
+
+    Leading zeros are valid ("00000000000000000005" is 5); only a value over
+    18 significant digits is refused, so that it fits a signed 64-bit offset.
+    """
+    if CONTENT_LENGTH_RE.fullmatch(value) is None:
+        raise ValueError("invalid Content-Length %s (expected digits only)" % _show(value))
+    digits = value.lstrip("0")
+    if len(digits) > MAX_CONTENT_LENGTH_DIGITS:
+        raise ValueError("Content-Length %s is too large (at most %d significant digits)"
+                         % (_show(value), MAX_CONTENT_LENGTH_DIGITS))
+    return int(digits or "0")       # stripped: int() refuses over 4300 digits (3.11+)
+
+
 def parse_body_framing(head: RequestHead):
     """How the request body is delimited: its length in bytes, or None for chunked.
 
@@ -501,10 +566,10 @@ def parse_body_framing(head: RequestHead):
         if head.version == (1, 0):
             # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-        codings = parse_tokens(transfer_encoding)
+        codings = parse_tokens(transfer_encoding)     # ",chunked" is ["chunked"]
         if codings == ["chunked"]:
             return None
-        if codings[-1] != "chunked" or "chunked" in codings[:-1] or "" in codings:
+        if not codings or codings[-1] != "chunked" or "chunked" in codings[:-1]:
             # RFC 9112 §6.3 (4): chunked must be final, and only once.
             raise HTTPError(400, "Transfer-Encoding %r: chunked must be the final coding, once"
                             % transfer_encoding)
@@ -513,10 +578,10 @@ def parse_body_framing(head: RequestHead):
                         % transfer_encoding)
     if content_length is None:
         return 0                    # RFC 9112 §6.3 (7): no body
-    if CONTENT_LENGTH_RE.fullmatch(content_length) is None:
-        raise HTTPError(400, "invalid Content-Length %s (expected 1 to 18 digits)"
-                        % _show(content_length))
-    return int(content_length)
+    try:
+        return parse_content_length(content_length)
+    except ValueError as exc:
+        raise HTTPError(400, str(exc)) from None
 
 
 def parse_chunk_size(line: bytes) -> int:
@@ -525,7 +590,11 @@ def parse_chunk_size(line: bytes) -> int:
     if match is None:
         raise HTTPError(400, "invalid chunk-size line %s (expected hex digits, optional "
                         ";extensions, CRLF)" % _show(line))
-    return int(match.group(1), 16)
+    digits = match.group(1).lstrip(b"0")       # RFC 9112 §7.1: "000000a" is 10
+    if len(digits) > MAX_CHUNK_SIZE_DIGITS:
+        raise HTTPError(400, "chunk size %s is too large (at most %d significant hex digits)"
+                        % (_show(match.group(1)), MAX_CHUNK_SIZE_DIGITS))
+    return int(digits or b"0", 16)
 
 
 # =============================================================================
@@ -985,13 +1054,12 @@ def build_response_head(status: str, headers: list) -> ResponseHead:
                              "the server manages the connection" % name)
         if lower == "content-length":
             value = value.strip()
-            if CONTENT_LENGTH_RE.fullmatch(value) is None:
-                raise ValueError("invalid Content-Length %s" % _show(value))
+            length = parse_content_length(value)
             if content_length is not None:
-                if int(value) != content_length:
+                if length != content_length:
                     raise ValueError("two different Content-Length headers")
                 continue    # the same twice: send it once
-            content_length = int(value)
+            content_length = length
             if code == 204:
                 continue    # RFC 9110 §8.6: never in a 204
         elif lower == "date":
@@ -1114,6 +1182,18 @@ class Response:
                 extra.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False     # RFC 9112 §6.3 (8): close-delimited
+        extra.append(self._connection_field())
+        if not head.has_date:
+            extra.append(date_line())
+        if not head.has_server:
+            extra.append(_SERVER_LINE)
+        if self.transport is not None and self.transport.hsts_line:
+            extra.append(self.transport.hsts_line)
+        self.headers_sent = True
+        return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
+
+    def _connection_field(self) -> bytes:
+        """Decide whether the connection outlives this response; its Connection line, or b""."""
         body = self.body_input
         if self.keep_alive and body is not None and not body.finished and (
                 body._on_first_read is not None or
@@ -1124,18 +1204,8 @@ class Response:
         if self.transport is not None and self.transport.stopping:
             self.keep_alive = False
         if self.version == (1, 1):
-            if not self.keep_alive:
-                extra.append(b"Connection: close\r\n")
-        elif self.keep_alive:
-            extra.append(b"Connection: keep-alive\r\n")
-        if not head.has_date:
-            extra.append(date_line())
-        if not head.has_server:
-            extra.append(_SERVER_LINE)
-        if self.transport is not None and self.transport.hsts_line:
-            extra.append(self.transport.hsts_line)
-        self.headers_sent = True
-        return b"".join((b"HTTP/1.1 ", head.status, b"\r\n", head.block, *extra, b"\r\n"))
+            return b"" if self.keep_alive else b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self.keep_alive else b""
 
     def _frame(self, data: bytes) -> bytes:
         """Body bytes as they go on the wire, under the chosen framing."""
@@ -1213,6 +1283,11 @@ class Response:
                 _check_chunk(chunk)
                 if chunk:
                     self.write(chunk)
+                if self.remaining == 0:
+                    # PEP 3333: the server "should stop iterating over the
+                    # response when enough data has been sent" -- an endless
+                    # iterable would otherwise be pulled forever.
+                    break
         self.finish()
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
@@ -1257,13 +1332,15 @@ class Response:
 
     def send_simple(self, code: int, text: str, fields=()):
         """A response made by the server itself (404, 426, 500...): plain text."""
-        body = plain_text_body(code, text)
-        block = b"Content-Type: text/plain; charset=utf-8\r\n"
-        for name, value in fields:
-            block += ("%s: %s\r\n" % (name, value)).encode("latin-1")
+        hsts = self.transport.hsts_line if self.transport is not None else b""
+        data = build_simple_response(code, text, self.method, fields,
+                                     self._connection_field() + hsts)
         status = ("%d %s" % (code, _STATUS_PHRASES.get(code, "Error"))).encode("ascii")
-        self.headers_set = ResponseHead(code, status, block, None, False, False)
-        self.send_result([body])
+        self.headers_set = ResponseHead(code, status, b"", None, True, True)
+        self.headers_sent = True
+        if self.method != "HEAD":
+            self.body_bytes = len(plain_text_body(code, text))
+        self._send(data)
 
 
 def send_all(sock, data: bytes):
@@ -1276,17 +1353,23 @@ def send_all(sock, data: bytes):
         sock.sendall(view[start:start + SEND_SLICE])
 
 
-def build_error_response(status: int, detail: str, fields=()) -> bytes:
-    """The bytes of an error answer to a request the server could not accept."""
-    phrase = _STATUS_PHRASES.get(status, "Error")
-    body = plain_text_body(status, detail)
+def build_simple_response(status: int, text: str, method: str = "", fields=(),
+                          connection: bytes = b"Connection: close\r\n") -> bytes:
+    """The bytes of an answer the server makes itself (400, 404, 500...), plain text.
+
+    The one serializer of such answers, for a request refused before an app
+    saw it and for Response.send_simple alike. For HEAD the body is left out
+    and its Content-Length kept (RFC 9110 §9.3.2: the fields GET would get,
+    no content). ``connection`` is the Connection line, b"" for none.
+    """
+    body = plain_text_body(status, text)
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii")),
+        b"HTTP/1.1 %d %s\r\n" % (status, _STATUS_PHRASES.get(status, "Error").encode("ascii")),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         "".join("%s: %s\r\n" % field for field in fields).encode("latin-1"),
         b"Content-Length: %d\r\n" % len(body),
-        b"Connection: close\r\n",
-        date_line(), _SERVER_LINE, b"\r\n", body))
+        connection, date_line(), _SERVER_LINE, b"\r\n",
+        b"" if method == "HEAD" else body))
 
 
 # =============================================================================
@@ -1342,6 +1425,7 @@ class HTTPConnection:
         self.base_environ = dict(transport.base_environ, REMOTE_ADDR=self.client_address[0],
                                  REMOTE_PORT=str(self.client_address[1]))
         self.response = None
+        self.method = None          # of the request being prepared
         # The waiting room's bookkeeping (section 11).
         self.state = None           # WAITING, QUEUED, LINGERING, ACTIVE or CLOSED
         self.deadline = 0.0         # time.monotonic() when the present wait ends
@@ -1378,7 +1462,8 @@ class HTTPConnection:
         response = self.response
         if response is None or not response.headers_sent:
             try:
-                self.sock.sendall(build_error_response(exc.status, exc.detail, exc.fields))
+                self.sock.sendall(build_simple_response(exc.status, exc.detail, self.method or "",
+                                                        exc.fields))
             except OSError:
                 return Next.CLOSE
         return Next.LINGER
@@ -1392,19 +1477,15 @@ class HTTPConnection:
         """Parse and check a request head, and find its service. Raises HTTPError; no I/O."""
         transport = self.transport
         limits = transport.limits
-        self.response = None
+        self.response = self.method = None
         head = parse_request_head(head_bytes, limits)
+        self.method = head.method               # a HEAD's error answer has no body
         fields = head.fields
         version = head.version
         path, query, authority = parse_request_target(head.method, head.target)
-        if authority is not None:
-            fields["HTTP_HOST"] = authority     # RFC 9112 §3.2.2: the target's wins
-        host = fields.get("HTTP_HOST")
-        if host is None:
-            if version == (1, 1):
-                raise HTTPError(400, "HTTP/1.1 request without Host (RFC 9112 §3.2)")
-        elif HOST_RE.fullmatch(host) is None:
-            raise HTTPError(400, "invalid Host %s" % _show(host))
+        host = parse_host(version, fields.get("HTTP_HOST"), authority)
+        if host is not None:
+            fields["HTTP_HOST"] = host
         length = parse_body_framing(head)
         max_body = limits.max_body_size
         if max_body is not None and length is not None and length > max_body:
@@ -1428,7 +1509,7 @@ class HTTPConnection:
         if path == "*":
             service, script_name, path_info = transport.own_answers, "", "*"
         else:
-            service, script_name, path_info = transport.resolve(decode_path(path))
+            service, script_name, path_info = transport.resolve(path)
             if service is None:
                 service = transport.own_answers
         response = Response(self.sock, head.method, version, keep_alive, body, transport)
@@ -2638,7 +2719,9 @@ class JSONValue:
 # the default for everything else) and each value a service, or a nested
 # "path" node. A request path is matched segment by segment, exactly and
 # case-sensitively; what matched becomes SCRIPT_NAME and the rest PATH_INFO,
-# as in Crossbar (Twisted's resource traversal) and PEP 3333.
+# as in Crossbar (Twisted's resource traversal) and PEP 3333. Segments are
+# cut on the raw path's "/" and percent-decoded after, as Twisted does, so an
+# encoded "%2F" is never a separator.
 
 class PathNode:
     """One level of the path tree: services by segment, and a default for "/"."""
@@ -2648,21 +2731,30 @@ class PathNode:
         self.default = default
 
     def resolve(self, path: str):
-        """(service, SCRIPT_NAME, PATH_INFO) for a decoded path; service None: 404."""
+        """(service, SCRIPT_NAME, PATH_INFO) for a raw path; service None: 404.
+
+        ``path`` is still percent-encoded. It is cut into segments on its raw
+        "/" and each segment decoded before it is looked up, as Twisted's
+        ``Request.process`` does (``map(unquote, path[1:].split(b"/"))``), so
+        ``/app%2Fx`` is the one segment "app/x" -- never the mount "app" --
+        while ``/%61pp/x`` is "app" then "x". SCRIPT_NAME and PATH_INFO come
+        out percent-decoded, latin-1, as PEP 3333 asks (an encoded "/" in
+        PATH_INFO is then a "/" like any other: PEP 3333 cannot tell them apart).
+        """
         node = self
         script_name = ""
         while path:                 # path is "" or starts with "/"
             end = path.find("/", 1)
-            segment = path[1:end] if end > 0 else path[1:]
+            segment = decode_path(path[1:end] if end > 0 else path[1:])
             child = node.children.get(segment)
             if child is None:
                 break
             script_name += "/" + segment
             path = path[end:] if end > 0 else ""
             if type(child) is not PathNode:
-                return child, script_name, path
+                return child, script_name, decode_path(path)
             node = child
-        return node.default, script_name, path
+        return node.default, script_name, decode_path(path)
 
     def services(self, prefix: str = ""):
         """(URL path, service) for every service in the tree, for start-up lines."""
@@ -2919,6 +3011,10 @@ def _expect(where: _Where, value, kind, what: str):
         ok = type(value) is int
     elif kind is float:
         ok = type(value) in (int, float)
+        if type(value) is float and not math.isfinite(value):
+            # json.loads reads 1e400 as inf; inf and nan pass every "> 0" test
+            # and then fail in settimeout() or wait forever.
+            raise where.error("expected %s, got a number that is not finite (%s)" % (what, value))
     else:
         ok = type(value) is kind
     if not ok:
@@ -2948,11 +3044,21 @@ def load_config(path: str):
             text = f.read()
     except OSError as exc:
         raise ConfigError("", "cannot read the config: %s" % (exc.strerror or exc), path) from None
+    except UnicodeDecodeError as exc:
+        # RFC 8259 §8.1: JSON exchanged between systems is UTF-8.
+        raise ConfigError("", "the config is not UTF-8 text: byte 0x%02X at offset %d"
+                          % (exc.object[exc.start], exc.start), path) from None
     try:
-        config = json.loads(text)
+        config = json.loads(text, parse_constant=_refuse_json_constant)
     except ValueError as exc:
         raise ConfigError("", "invalid JSON: %s" % exc, path) from None
     return config, os.path.dirname(os.path.abspath(path))
+
+
+def _refuse_json_constant(name: str):
+    # json.loads accepts NaN, Infinity and -Infinity, which JSON does not have
+    # (RFC 8259 §6), and they would pass as timeouts.
+    raise ValueError("%s is not a JSON number (RFC 8259 §6: no Infinity or NaN)" % name)
 
 
 def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -> list:
@@ -2979,6 +3085,13 @@ def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -
                              list, "a list of directories")
         for j, entry in enumerate(pythonpath):
             _expect(where / "options" / "pythonpath" / j, entry, str, "a directory")
+            directory = os.path.normpath(os.path.join(cbdir, entry))
+            if not os.path.exists(directory):
+                # A warning, not an error: Crossbar adds it all the same, and
+                # an app that imports nothing from it still runs.
+                log.warning("%s: %s: %s does not exist (%s, relative to the node directory %s)",
+                            filename, (where / "options" / "pythonpath" / j).path, directory,
+                            json.dumps(entry), cbdir)
         for entry in reversed(pythonpath):
             directory = os.path.normpath(os.path.join(cbdir, entry))
             if directory not in sys.path:
@@ -3037,12 +3150,16 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
         elif kind == "seconds":
             if _expect(w, value, float, "a number of seconds") <= 0:
                 raise w.error("must be more than 0, got %s" % value)
-        elif kind == "ms":
-            if _expect(w, value, float, "a number of milliseconds") < 0:
-                raise w.error("must be 0 or more, got %s" % value)
-        elif kind == "ms > 0":
-            if _expect(w, value, float, "a number of milliseconds") <= 0:
-                raise w.error("must be more than 0, got %s" % value)
+            if value > MAX_TIMEOUT:
+                raise w.error("must be at most %d seconds (a year), got %s" % (MAX_TIMEOUT, value))
+        elif kind in ("ms", "ms > 0"):
+            _expect(w, value, float, "a number of milliseconds")
+            if value < 0 or value == 0 and kind == "ms > 0":
+                raise w.error("must be %s, got %s" % ("0 or more" if kind == "ms" else
+                                                      "more than 0", value))
+            if value > MAX_TIMEOUT * 1000:
+                raise w.error("must be at most %d milliseconds (a year), got %s"
+                              % (MAX_TIMEOUT * 1000, value))
         elif kind == "strings":
             _expect(w, value, list, "a list of strings")
             for i, item in enumerate(value):
@@ -3076,7 +3193,8 @@ def _parse_endpoint(where: _Where, endpoint):
         if name not in os.environ:
             raise (where / "port").error("environment variable %s is not set" % name)
         value = os.environ[name]
-        if not value.isdigit():
+        # [0-9], not str.isdigit(): "²" is a digit to isdigit() but not to int().
+        if re.fullmatch(r"[0-9]{1,5}", value) is None:
             raise (where / "port").error("environment variable %s is %r, not a port number"
                                          % (name, value))
         port = int(value)
@@ -3086,14 +3204,32 @@ def _parse_endpoint(where: _Where, endpoint):
         raise (where / "port").error("port %d out of range (0-65535)" % port)
     interface = _expect(where / "interface", endpoint.get("interface", ""), str, "an address")
     backlog = _expect(where / "backlog", endpoint.get("backlog", LISTEN_BACKLOG), int, "an integer")
-    if backlog < 1:
-        raise (where / "backlog").error("must be at least 1, got %d" % backlog)
-    version = endpoint.get("version", 4)
-    if version not in (4, 6) or type(version) is not int:
-        raise (where / "version").error("expected 4 or 6, got %s" % json.dumps(version))
-    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    if not 1 <= backlog <= MAX_LISTEN_BACKLOG:       # refused, not clamped: see the constant
+        raise (where / "backlog").error("must be 1 to %d, got %d" % (MAX_LISTEN_BACKLOG, backlog))
+    family = _address_family(where, interface, endpoint.get("version"))
     shared = _expect(where / "shared", endpoint.get("shared", False), bool, "true or false")
     return interface, port, family, backlog, shared
+
+
+def _address_family(where: _Where, interface: str, version=None):
+    """AF_INET or AF_INET6 for an endpoint: its "version", else its interface's.
+
+    An IPv6 address as the interface ("::1") means IPv6 without "version": 6;
+    a "version" that contradicts the interface's address is an error. A host
+    name, or "" (all interfaces), is IPv4 unless "version" says 6.
+    """
+    try:
+        address = ipaddress.ip_address(interface)
+    except ValueError:
+        address = None
+    if version is None:
+        version = address.version if address is not None else 4
+    elif version not in (4, 6) or type(version) is not int:
+        raise (where / "version").error("expected 4 or 6, got %s" % json.dumps(version))
+    elif address is not None and address.version != version:
+        raise (where / "version").error('is %d, but the interface "%s" is an IPv%d address'
+                                        % (version, interface, address.version))
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
 _PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
@@ -3109,6 +3245,9 @@ def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool,
                           "\"_\" and \"-\"" % json.dumps(key))
         built = _build_service(w, service, display_tracebacks, cbdir)
         if key == "/":
+            if type(built) is PathNode:
+                # "/" takes what no segment matched; it is one service, never a tree.
+                raise w.error('"/" must be a service, not a nested path')
             node.default = built
         else:
             node.children[key] = built
@@ -3131,10 +3270,7 @@ def _build_service(where: _Where, service, display_tracebacks: bool, cbdir: str 
     if kind == "path":
         _check_keys(where, service, ("type", "paths"))
         paths = _expect(where / "paths", service.get("paths"), dict, "an object of paths")
-        node = _build_path_node(where / "paths", paths, display_tracebacks, cbdir)
-        if type(node.default) is PathNode:
-            raise (where / "paths" / "/").error('"/" must be a service, not a nested path')
-        return node
+        return _build_path_node(where / "paths", paths, display_tracebacks, cbdir)
     if kind == "websocket":
         _check_keys(where, service, ("type", "module", "object", "options"),
                     ignored=("serializers", "auth", "cookie", "debug", "url"))
@@ -4464,11 +4600,13 @@ def app_transport(app, host: str = "127.0.0.1", port: int = 8080, **options) -> 
     unknown = set(options) - set(WEB_OPTIONS)
     if unknown:
         raise TypeError("unknown options: %s" % ", ".join(sorted(unknown)))
+    where = _Where("app_transport")
+    values = _check_options(where, options, WEB_OPTIONS)    # ConfigError, as for a config
     label = getattr(app, "__module__", "app") + ":" + getattr(app, "__name__", type(app).__name__)
-    service = WSGIService(app, label, display_tracebacks=options.get("display_tracebacks", False))
-    limits = Limits(**{name: options[name] for name in _LIMIT_NAMES if name in options})
+    service = WSGIService(app, label, display_tracebacks=values["display_tracebacks"])
+    limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(PathNode(default=service), host, port, limits=limits,
-                        access_log=options.get("access_log", False))
+                        family=_address_family(where, host), access_log=values["access_log"])
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
@@ -4516,6 +4654,28 @@ def _find_config(args) -> str:
                       "exists here (%s)" % os.getcwd(), "wsgihost")
 
 
+def configure_logging(level: str) -> logging.Handler:
+    """Send the ``wsgihost`` loggers' records to stderr at ``level``.
+
+    Only the server's own loggers: the root logger is left to the apps. A
+    handler there (logging.basicConfig) would print a second copy of every
+    line of an app that configures its own, as Django does, and with
+    propagation off the server's lines are printed once whatever the app sets
+    up. Calling this again replaces the handler it added before.
+    """
+    logger = logging.getLogger("wsgihost")
+    for handler in list(logger.handlers):
+        if getattr(handler, "wsgihost_own", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.wsgihost_own = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return handler
+
+
 def _count_paths(transports) -> int:
     return sum(1 for t in transports for _ in t.root.services())
 
@@ -4538,9 +4698,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version="wsgihost " + __version__)
     args = parser.parse_args(argv)
 
-    level = {"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging({"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper()))
     try:
         if args.app:
             module, colon, obj = args.app.partition(":")
