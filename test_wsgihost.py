@@ -2952,6 +2952,112 @@ class WaitingRoomTests(unittest.TestCase):
         self.wait_for(lambda: len(node.transports[0].connections) == 2)
         self.assertEqual(self.get(port, "/")[0].status, 200)
 
+    def test_slow_uploads_and_slow_readers_do_not_hold_the_apps_slots(self):
+        """20 clients sending a body at 2 bytes/s and 20 reading a large response at 8 KiB/s,
+        to an app with maxthreads 20: a fresh request to it is answered within 2 s."""
+        big = b"x" * (4 * 1024 * 1024)
+
+        def app(environ, start_response):
+            if environ["REQUEST_METHOD"] == "POST":
+                body = environ["wsgi.input"].read()
+                start_response("200 OK", TEXT)
+                return [b"got %d" % len(body)]
+            start_response("200 OK", TEXT)
+            return [big if environ["PATH_INFO"] == "/big" else b"small"]
+        node, port = start_node(app, client_timeout=30)
+        self.addCleanup(node.stop, 0)
+        slow = []
+        self.addCleanup(lambda: [sock.close() for sock in slow])
+        for _ in range(20):                     # uploads: the head, then a trickle
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\nab")
+            slow.append(sock)
+        readers = []
+        for _ in range(20):                     # readers of 4 MiB that take 8 KiB now and then
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            readers.append(sock)
+        slow.extend(readers)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def trickle():
+            while not stop.wait(0.5):
+                for sock in slow[:20]:
+                    sock.send(b"c")             # 2 bytes/s
+                for sock in readers:
+                    sock.recv(4096)             # 8 KiB/s
+        threading.Thread(target=trickle, daemon=True).start()
+        time.sleep(1.5)                         # all 40 are in, and slow
+        start = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/small")
+        self.assertEqual(conn.getresponse().read(), b"small")
+        self.assertLess(time.monotonic() - start, 2.0)
+        stop.set()
+        time.sleep(0.6)                         # the trickle has stopped
+        for sock in readers[:3]:                # the slow readers are still being served
+            sock.settimeout(10)
+            received = 0
+            while received < 256 * 1024:
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk)
+                received += len(chunk)
+
+    def test_a_reader_that_stops_reading_a_whole_response_is_closed_at_client_timeout(self):
+        big = b"x" * (16 * 1024 * 1024)
+        node, port = start_node(lambda e, s: (s("200 OK", TEXT), [big])[1], client_timeout=1)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_for(lambda: [c.state for c in node.transports[0].connections] == ["sending"],
+                      what="the rest of the response was not left to the waiting room")
+        self.wait_for(lambda: not node.transports[0].connections, what="never closed")
+
+    def test_a_streamed_body_slower_than_min_rate_gets_408(self):
+        node, port = start_node(environ_app, client_timeout=30, min_rate=1000,
+                                body_buffer_size=0)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        start = time.monotonic()
+        data = b""
+        while not data:                         # a byte a second: under min_rate after 10 s
+            sock.send(b"z")
+            sock.settimeout(1.0)
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                pass
+            self.assertLess(time.monotonic() - start, 25)
+        self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+        self.assertIn(b"slower than 1000 bytes/s", data)
+        self.assertGreater(time.monotonic() - start, 9)    # MIN_RATE_GRACE first
+
+    def test_a_small_body_is_read_whole_before_the_app_runs(self):
+        calls = []
+
+        def app(environ, start_response):
+            calls.append(environ["wsgi.input"].read())
+            start_response("200 OK", TEXT)
+            return [b"ok"]
+        node, port = start_node(app, client_timeout=30)
+        self.addCleanup(node.stop, 0)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
+        time.sleep(0.5)
+        self.assertEqual(calls, [])             # the app has not been called yet
+        self.assertEqual([c.state for c in node.transports[0].connections], ["body"])
+        sock.sendall(b"def")
+        self.assertTrue(sock.recv(4096).startswith(b"HTTP/1.1 200 OK"))
+        self.assertEqual(calls, [b"abcdef"])
+
     def test_out_of_descriptors_accept_backs_off_instead_of_spinning(self):
         if not os.path.exists("/proc/self/stat"):
             self.skipTest("needs /proc to read the server's CPU time")
@@ -3558,7 +3664,7 @@ class ConfigTests(unittest.TestCase):
                                'client_timeout, display_tracebacks, hsts, hsts_max_age, max_body_size, '
                                'max_connections, max_connections_per_client, max_head_size, '
                                'max_header_fields, max_header_line, max_request_line, max_websockets, '
-                               'queue_timeout, shutdown_grace)')
+                               'min_rate, queue_timeout, shutdown_grace)')
         self.assertConfigError(web_config({}, options={"max_body_size": "1M"}),
                                '.crossbar/config.json: workers[0].transports[0].options.max_body_size: '
                                'expected a positive integer or null, got a string "1M"')

@@ -86,6 +86,11 @@ import socket
 import socketserver
 import stat
 try:
+    import fcntl
+    import termios
+except ImportError:         # not a Unix: no look into the kernel's send queue
+    fcntl = termios = None
+try:
     import ssl
 except ImportError:         # a Python built without OpenSSL: no TLS endpoints
     ssl = None
@@ -159,6 +164,12 @@ MAX_LISTEN_BACKLOG = 65535
 #: The longest timeout a config may give, in seconds (one year). Longer ones
 #: are refused: socket.settimeout() overflows near 1e10 s, on every connection.
 MAX_TIMEOUT = 365 * 24 * 3600.0
+#: The slowest a request body streamed to an app may arrive, in bytes per
+#: second, after MIN_RATE_GRACE seconds: slower gets 408, so that a client
+#: cannot hold a thread and an app slot by sending a byte now and then
+#: (Apache's mod_reqtimeout: 500 bytes/s). A GPRS phone sends 5 KB/s. 0: off.
+MIN_RATE = 500
+MIN_RATE_GRACE = 10.0
 #: A chunk-size line with its extensions, CRLF included (RFC 9112 §7.1.1
 #: allows extensions but sets no bound; h11 and node bound them too). Answer: 400.
 MAX_CHUNK_LINE = 4 * 1024
@@ -765,24 +776,58 @@ class _BodyInput:
     error = None            # the exception that broke the body, if any
     finished = False        # the whole body has been read
     _on_first_read = None   # sends "100 Continue" (RFC 9110 §10.1.1)
+    # The body's pace (min_rate): it may take MIN_RATE_GRACE seconds plus one
+    # second per min_rate bytes read, counted from the first read.
+    min_rate = 0            # bytes per second; 0: only client_timeout per receive
+    timeout = CLIENT_TIMEOUT
+    _started = None
+    _taken = 0
 
     def _read_part(self, limit: int, line: bool) -> bytes:
         if self.error is not None:
             raise self.error
         if self.finished:
             return b""
+        paced = False
         try:
             if self._on_first_read is not None:
                 send_continue, self._on_first_read = self._on_first_read, None
                 send_continue()
-            return self._read_more(limit, line)
+            if self.min_rate and not self.reader.buffer:
+                paced = self._pace()
+            data = self._read_more(limit, line)
+            self._taken += len(data)
+            return data
         except (HTTPError, ClientDisconnected) as exc:
             self.error = exc
         except socket.timeout:
-            self.error = HTTPError(408, "the request body stopped arriving (client_timeout)")
+            self.error = HTTPError(408, "the request body is arriving slower than %d bytes/s "
+                                   "(min_rate)" % self.min_rate if paced else
+                                   "the request body stopped arriving (client_timeout)")
         except OSError as exc:
             self.error = ClientDisconnected("reading the request body: %s" % exc)
+        finally:
+            if paced:
+                self.reader.sock.settimeout(self.timeout)
         raise self.error
+
+    def _pace(self) -> bool:
+        """Bound the next receive by what min_rate allows; True if that is below the timeout.
+
+        A client that sends its body a few bytes at a time, each within
+        client_timeout, would otherwise hold its thread and app slot for
+        as long as it likes (Apache's mod_reqtimeout "minrate" does this).
+        """
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        allowed = self._started + MIN_RATE_GRACE + self._taken / self.min_rate - now
+        if allowed <= 0:
+            raise socket.timeout()
+        if allowed < self.timeout:
+            self.reader.sock.settimeout(allowed)
+            return True
+        return False
 
     def drain(self, limit: int) -> bool:
         """Read and discard at most ``limit`` more bytes; True if the body ended.
@@ -1435,6 +1480,7 @@ class HTTPConnection:
         self.discarded = 0          # bytes read and thrown away while lingering
         self.queued = None          # the Request waiting for its app's slot, or its body
         self.output = None          # what is left to send of a response given whole
+        self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
 
     def serve(self) -> Next:
@@ -1506,6 +1552,8 @@ class HTTPConnection:
             body = ChunkedInput(self.reader, max_body, on_first_read)
         else:
             body = FixedLengthInput(self.reader, length, on_first_read)
+        if limits.min_rate:
+            body.min_rate, body.timeout = limits.min_rate, limits.client_timeout
         if path == "*":
             service, script_name, path_info = transport.own_answers, "", "*"
         else:
@@ -2919,13 +2967,14 @@ WEB_OPTIONS = {
     "max_connections": (MAX_CONNECTIONS, "size"),
     "max_websockets": (None, "size or null"),
     "max_connections_per_client": (None, "size or null"),
+    "min_rate": (MIN_RATE, "size or 0"),
     "queue_timeout": (QUEUE_TIMEOUT, "seconds"),
     "shutdown_grace": (SHUTDOWN_GRACE, "seconds"),
 }
 _LIMIT_NAMES = ("client_timeout", "max_request_line", "max_header_line", "max_head_size",
                 "max_header_fields", "max_body_size", "body_buffer_size", "max_connections",
                 "max_websockets",
-                "max_connections_per_client", "queue_timeout", "shutdown_grace")
+                "max_connections_per_client", "min_rate", "queue_timeout", "shutdown_grace")
 #: The options of a websocket path, with Crossbar's names and units.
 WEBSOCKET_OPTIONS = {
     "protocols": ([], "strings"),
@@ -3564,6 +3613,21 @@ HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, CLOSED = (
 _SSL_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError) if ssl is not None else ()
 
 
+def unsent_bytes(sock):
+    """Bytes a socket's kernel send queue still holds for the peer, or None if unknown.
+
+    epoll says "writable" only once a good part of that queue has drained,
+    which a slow reader may take minutes to do; the queue's size tells
+    whether it reads at all (Linux's SIOCOUTQ, alias TIOCOUTQ).
+    """
+    if termios is None or not hasattr(termios, "TIOCOUTQ"):
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return None
+
+
 def read_pending(sock, data: bytes) -> bytes:
     """``data``, and the bytes a TLS socket has decrypted and holds: no
     readiness event tells of those, since they have left the kernel."""
@@ -4042,6 +4106,14 @@ class WaitingRoom:
             conn = next(iter(sending))
             if conn.deadline > now:
                 break
+            unsent = unsent_bytes(conn.sock)
+            if unsent is not None and unsent < conn.unsent:
+                # The client reads, but too slowly to wake us: the kernel's
+                # queue has shrunk, which is progress.
+                conn.unsent = unsent
+                conn.deadline = now + self.limits.client_timeout
+                sending.move_to_end(conn)
+                continue
             log.debug("%s stopped reading its response", conn.client_address[0])
             self._close(conn)
         queued = self.queued
