@@ -579,6 +579,66 @@ MOUNT_CONFIG = {"workers": [{"type": "router", "transports": [{
     }}]}]}
 
 
+class ProxyTests(unittest.TestCase):
+    """trusted_proxies: Forwarded (RFC 7239) and X-Forwarded-*, believed only from a trusted peer."""
+
+    def environ_via(self, request: bytes, trusted, peer="127.0.0.1"):
+        transport = wsgihost.app_transport(environ_app, trusted_proxies=trusted)
+        sock = FakeSocket(request)
+        transport.serve_connection(sock, (peer, 40000))
+        return json.loads(split_responses(bytes(sock.sent))[0].body)
+
+    def test_parse_forwarded_rfc_7239(self):
+        self.assertEqual(wsgihost.parse_forwarded(
+            'for="_gazonk", For="[2001:db8:cafe::17]:4711";proto=https;host="ex.org", for=192.0.2.60'),
+            [{"for": "_gazonk"}, {"for": "[2001:db8:cafe::17]:4711", "proto": "https", "host": "ex.org"},
+             {"for": "192.0.2.60"}])
+        self.assertEqual(wsgihost.parse_forwarded('for="\\"x\\"";proto=http'), [{"for": '"x"', "proto": "http"}])
+        for bad in ("for", "for=a b", "=x", 'for="open', 'for="\\"x\\";proto=http'):
+            with self.subTest(bad=bad):
+                self.assertEqual(wsgihost.parse_forwarded(bad), [])
+
+    def test_x_forwarded_from_a_trusted_proxy_sets_addr_scheme_host(self):
+        env = self.environ_via(b"GET / HTTP/1.1\r\nHost: internal:8080\r\nX-Forwarded-For: 203.0.113.7\r\n"
+                               b"X-Forwarded-Proto: https\r\nX-Forwarded-Host: example.org\r\n\r\n",
+                               ["127.0.0.1"])
+        self.assertEqual((env["REMOTE_ADDR"], env["wsgi.url_scheme"], env["HTTP_HOST"]),
+                         ("203.0.113.7", "https", "example.org"))
+
+    def test_forwarded_wins_and_ipv6_ports_are_cut(self):
+        env = self.environ_via(b'GET / HTTP/1.1\r\nHost: a\r\nForwarded: for="[2001:db8::17]:4711";'
+                               b'proto=https;host=example.org\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n',
+                               ["127.0.0.0/8"])
+        self.assertEqual((env["REMOTE_ADDR"], env["wsgi.url_scheme"], env["HTTP_HOST"]),
+                         ("2001:db8::17", "https", "example.org"))
+
+    def test_from_an_untrusted_peer_nothing_is_believed(self):
+        request = (b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.7\r\n"
+                   b"X-Forwarded-Proto: https\r\n\r\n")
+        for trusted, peer in (([], "127.0.0.1"), (["10.0.0.0/8"], "192.0.2.1")):
+            with self.subTest(trusted=trusted, peer=peer):
+                env = self.environ_via(request, trusted, peer)
+                self.assertEqual((env["REMOTE_ADDR"], env["wsgi.url_scheme"]), (peer, "http"))
+                self.assertEqual(env["HTTP_X_FORWARDED_FOR"], "203.0.113.7")   # left to the app
+
+    def test_a_chain_is_read_from_the_right_up_to_the_first_untrusted(self):
+        # The client wrote "1.1.1.1" itself; 198.51.100.9 is who reached our first proxy.
+        env = self.environ_via(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1, 198.51.100.9, "
+                               b"10.0.0.5\r\n\r\n", ["127.0.0.1", "10.0.0.0/8"])
+        self.assertEqual(env["REMOTE_ADDR"], "198.51.100.9")
+        env = self.environ_via(b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=unknown\r\n\r\n",
+                               ["127.0.0.1"])
+        self.assertEqual(env["REMOTE_ADDR"], "127.0.0.1")                      # nothing better
+
+    def test_trusted_proxies_validated(self):
+        with self.assertRaises(wsgihost.ConfigError) as caught:
+            wsgihost.build_transports(web_config({}, options={"trusted_proxies": ["10.0.0.0/33"]}),
+                                      ".", ".crossbar/config.json")
+        self.assertEqual(str(caught.exception), '.crossbar/config.json: workers[0].transports[0].options.'
+                         'trusted_proxies[0]: "10.0.0.0/33" is not an address or a CIDR range '
+                         '(e.g. 10.0.0.0/8, ::1)')
+
+
 class MountTests(unittest.TestCase):
     """SPEC §2's mount table: SCRIPT_NAME is the mount, PATH_INFO the rest."""
 

@@ -1039,6 +1039,100 @@ def build_environ(base: dict, head: RequestHead, script_name: str, path_info: st
     return environ
 
 
+# Behind a proxy (the transport's "trusted_proxies"): the client's address,
+# the scheme and the host the client used come from the proxy's Forwarded
+# (RFC 7239) or X-Forwarded-For/-Proto/-Host fields -- but only when the
+# peer is a trusted proxy: from anyone else those fields are the client's own
+# words, left to the app and never believed. Each proxy appends the address
+# it received from, so the list is read from the right: trusted proxies are
+# skipped, and the first address that is not one is the client (as nginx's
+# real_ip_recursive and gunicorn's forwarded_allow_ips do); anything left of
+# it could have been written by the client itself.
+
+# RFC 7239 §4: forwarded-pair = token "=" value; value = token / quoted-string.
+_FORWARDED_PAIR_RE = re.compile(r'\s*([!#$%&\'*+.^_`|~0-9A-Za-z-]+)=("(?:[^"\\]|\\.)*"|[^";,\s]*)\s*([;,]?)')
+
+
+def parse_forwarded(value: str) -> list:
+    """The elements of a Forwarded field (RFC 7239 §4), each a dict of its
+    pairs with lower-case names and unquoted values; [] if it is malformed."""
+    elements, element, pos = [], {}, 0
+    while pos < len(value):
+        match = _FORWARDED_PAIR_RE.match(value, pos)
+        if match is None:
+            return []
+        name, raw, sep = match.groups()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        element[name.lower()] = raw
+        pos = match.end()
+        if sep != ";":
+            elements.append(element)
+            element = {}
+            if not sep and pos < len(value):
+                return []
+    return elements
+
+
+def _node_address(node: str) -> str:
+    """The address of a Forwarded "for" node or an X-Forwarded-For entry, without its port."""
+    node = node.strip()
+    if node.startswith("["):                    # RFC 7239 §6: "[2001:db8::1]:4711"
+        return node[1:node.find("]")] if "]" in node else node
+    if node.count(":") == 1:                    # "192.0.2.43:4711"
+        return node.partition(":")[0]
+    return node
+
+
+def is_trusted(address: str, trusted) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def build_proxied_environ(environ: dict, trusted) -> dict:
+    """What a trusted proxy says of the client: REMOTE_ADDR, wsgi.url_scheme, HTTP_HOST.
+
+    ``trusted`` is a list of ipaddress networks. Returns the keys to update
+    (none unless the peer, REMOTE_ADDR, is one of them).
+    """
+    if not is_trusted(environ["REMOTE_ADDR"], trusted):
+        return {}
+    hops = []                                   # (address, proto, host), left to right
+    if "HTTP_FORWARDED" in environ:
+        for element in parse_forwarded(environ["HTTP_FORWARDED"]):
+            hops.append((_node_address(element.get("for", "unknown")), element.get("proto"),
+                         element.get("host")))
+    elif "HTTP_X_FORWARDED_FOR" in environ:
+        hops = [(_node_address(a), None, None) for a in environ["HTTP_X_FORWARDED_FOR"].split(",")]
+        if hops:                                # these speak of the nearest proxy's client
+            last = hops[-1]
+            hops[-1] = (last[0], environ.get("HTTP_X_FORWARDED_PROTO", "").split(",")[-1].strip()
+                        or None, environ.get("HTTP_X_FORWARDED_HOST", "").split(",")[-1].strip()
+                        or None)
+    if not hops:
+        return {}
+    client = hops[0]
+    for hop in reversed(hops):
+        client = hop
+        if not is_trusted(hop[0], trusted):
+            break
+    updates = {}
+    try:
+        updates["REMOTE_ADDR"] = str(ipaddress.ip_address(client[0]))
+        updates["REMOTE_PORT"] = ""             # the client's port is the proxy's secret
+    except ValueError:                          # "unknown", "_hidden": keep the proxy's
+        pass
+    proto = (client[1] or "").lower()
+    if proto in ("http", "https"):
+        updates["wsgi.url_scheme"] = proto
+    if client[2] and HOST_RE.fullmatch(client[2]):
+        updates["HTTP_HOST"] = client[2]
+    return updates
+
+
 # =============================================================================
 # 6. The WSGI response: start_response, write, framing
 # =============================================================================
@@ -1562,6 +1656,8 @@ class HTTPConnection:
                 service = transport.own_answers
         response = Response(self.sock, head.method, version, keep_alive, body, transport)
         environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
+        if transport.trusted_proxies:
+            environ.update(build_proxied_environ(environ, transport.trusted_proxies))
         return Request(head, service, environ, response, body)
 
     def run(self, request: Request) -> Next:
@@ -2954,6 +3050,7 @@ def load_object(module_name: str, object_name: str, where: str = "", filename: s
 #: _LIMIT_NAMES build the transport's Limits.
 WEB_OPTIONS = {
     "access_log": (False, "bool"),
+    "trusted_proxies": ([], "strings"),
     "display_tracebacks": (False, "bool"),
     "hsts": (False, "bool"),
     "hsts_max_age": (31536000, "size"),
@@ -3170,6 +3267,7 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
     values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
                             ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
+    _check_networks(where / "options" / "trusted_proxies", values["trusted_proxies"])
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
                                                           transport.get("endpoint"))
     tls = None
@@ -3183,7 +3281,17 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
                         limits=limits, access_log=values["access_log"], where=where.path,
-                        tls=tls, hsts_max_age=values["hsts_max_age"] if values["hsts"] else None)
+                        tls=tls, hsts_max_age=values["hsts_max_age"] if values["hsts"] else None,
+                        trusted_proxies=values["trusted_proxies"])
+
+
+def _check_networks(where: _Where, networks: list):
+    for i, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise (where / i).error("%s is not an address or a CIDR range (e.g. 10.0.0.0/8, ::1)"
+                                    % json.dumps(network)) from None
 
 
 def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
@@ -4318,7 +4426,8 @@ class WebTransport:
 
     def __init__(self, root: PathNode, host: str = "", port: int = 8080, *, family=socket.AF_INET,
                  backlog: int = LISTEN_BACKLOG, shared: bool = False, limits: Limits = None,
-                 access_log: bool = False, where: str = "", tls=None, hsts_max_age=None):
+                 access_log: bool = False, where: str = "", tls=None, hsts_max_age=None,
+                 trusted_proxies=()):
         self.root = root
         self.host = host
         self.port = port
@@ -4330,6 +4439,7 @@ class WebTransport:
         self.where = where
         self.resolve = root.resolve
         self.tls = tls                  # an ssl.SSLContext, or None
+        self.trusted_proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
         # RFC 6797 §7.2: HSTS only over a secure transport.
         self.hsts_line = (b"Strict-Transport-Security: max-age=%d\r\n" % hsts_max_age
                           if tls is not None and hsts_max_age is not None else b"")
@@ -4674,11 +4784,13 @@ def app_transport(app, host: str = "127.0.0.1", port: int = 8080, **options) -> 
         raise TypeError("unknown options: %s" % ", ".join(sorted(unknown)))
     where = _Where("app_transport")
     values = _check_options(where, options, WEB_OPTIONS)    # ConfigError, as for a config
+    _check_networks(where / "trusted_proxies", values["trusted_proxies"])
     label = getattr(app, "__module__", "app") + ":" + getattr(app, "__name__", type(app).__name__)
     service = WSGIService(app, label, display_tracebacks=values["display_tracebacks"])
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(PathNode(default=service), host, port, limits=limits,
-                        family=_address_family(where, host), access_log=values["access_log"])
+                        family=_address_family(where, host), access_log=values["access_log"],
+                        trusted_proxies=values["trusted_proxies"])
 
 
 def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
