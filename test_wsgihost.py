@@ -639,6 +639,80 @@ class ProxyTests(unittest.TestCase):
                          '(e.g. 10.0.0.0/8, ::1)')
 
 
+class NginxTests(unittest.TestCase):
+    """The README's nginx snippet, for real: nginx in front, trusted_proxies behind it."""
+
+    def test_behind_nginx_the_app_sees_the_client_and_websockets_pass(self):
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        if nginx is None:
+            if os.environ.get("WSGIHOST_REQUIRE_ALL"):
+                self.fail("nginx is not installed (.ci/run installs Debian's nginx)")
+            self.skipTest("nginx is not installed (.ci/run installs Debian's nginx)")
+        config = json.loads(json.dumps(WS_CONFIG))
+        config["workers"][0]["transports"][0]["options"]["trusted_proxies"] = ["127.0.0.1"]
+        config["workers"][0]["transports"][0]["paths"]["info"] = {
+            "type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 0)
+        backend = node.transports[0].port
+        port = free_port()
+        root = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, root, True)
+        with open(os.path.join(root, "nginx.conf"), "w") as f:
+            f.write("""daemon off; pid %(root)s/nginx.pid; error_log %(root)s/error.log;
+events { worker_connections 64; }
+http {
+    access_log off;
+    client_body_temp_path %(root)s; proxy_temp_path %(root)s; fastcgi_temp_path %(root)s;
+    uwsgi_temp_path %(root)s; scgi_temp_path %(root)s;
+    upstream wsgihost { server 127.0.0.1:%(backend)d; keepalive 32; }
+    server {
+        listen 127.0.0.1:%(port)d;
+        location / {
+            proxy_pass http://wsgihost;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Connection "";
+        }
+        location /ws {
+            proxy_pass http://wsgihost;
+            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 1h;
+        }
+    }
+}
+""" % {"root": root, "backend": backend, "port": port})
+        proc = subprocess.Popen([nginx, "-c", os.path.join(root, "nginx.conf"), "-p", root],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait, 10)
+        self.addCleanup(proc.terminate)
+        SubprocessTests.wait_for_port(self, port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/info", headers={"Host": "example.org",
+                                              "X-Forwarded-For": "203.0.113.9"})
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        env = json.loads(resp.read())
+        # nginx appended the address it saw (127.0.0.1, trusted), so the client is the one
+        # before it -- here a value the client sent, as a proxy in front of nginx would.
+        self.assertEqual(env["REMOTE_ADDR"], "203.0.113.9")
+        self.assertEqual(env["HTTP_HOST"], "example.org")
+        self.assertEqual(env["wsgi.url_scheme"], "http")
+        client = WSClient(port)
+        self.addCleanup(client.close)
+        self.assertEqual(client.status, 101)
+        client.send_text("through nginx")
+        self.assertEqual(client.recv_text(), "through nginx")
+
+
 class MountTests(unittest.TestCase):
     """SPEC §2's mount table: SCRIPT_NAME is the mount, PATH_INFO the rest."""
 
