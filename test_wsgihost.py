@@ -4476,6 +4476,53 @@ class BrowserTests(unittest.TestCase):
         self.assertEqual(sorted(state["messages"]), ["from-page", "from-post"])    # either order
 
 
+class RESPTests(unittest.TestCase):
+    """Section 12a: the Redis protocol, as pure functions over bytes."""
+
+    def test_build_command(self):
+        self.assertEqual(wsgihost.build_command("PUBLISH", "wsgihost:/ws", b"t\xc3\xa9"),
+                         b"*3\r\n$7\r\nPUBLISH\r\n$12\r\nwsgihost:/ws\r\n$3\r\nt\xc3\xa9\r\n")
+        self.assertEqual(wsgihost.build_command("SELECT", 3), b"*2\r\n$6\r\nSELECT\r\n$1\r\n3\r\n")
+
+    def test_parse_each_kind_whole_and_byte_by_byte(self):
+        cases = [(b"+OK\r\n", "OK"), (b":42\r\n", 42), (b":-1\r\n", -1), (b"$5\r\nhe\r\no\r\n", b"he\r\no"),
+                 (b"$0\r\n\r\n", b""), (b"$-1\r\n", None), (b"*-1\r\n", None), (b"*0\r\n", []),
+                 (b"*3\r\n$7\r\nmessage\r\n$3\r\n/ws\r\n$2\r\nhi\r\n", [b"message", b"/ws", b"hi"]),
+                 (b"*2\r\n*1\r\n:1\r\n$-1\r\n", [[1], None])]
+        for data, value in cases:
+            with self.subTest(data=data):
+                self.assertEqual(wsgihost.parse_reply(data + b"+next\r\n"), (value, len(data)))
+                for cut in range(len(data)):        # every prefix is "not yet"
+                    self.assertIsNone(wsgihost.parse_reply(data[:cut]))
+        error, end = wsgihost.parse_reply(b"-ERR unknown command\r\n")
+        self.assertIsInstance(error, wsgihost.RedisError)
+        self.assertEqual(str(error), "ERR unknown command")
+
+    def test_bytes_that_are_not_resp_raise(self):
+        nested = b"*1\r\n" * 9 + b":1\r\n"      # deeper than MAX_REDIS_NESTING (8)
+        for data in (b"?x\r\n", b":abc\r\n", b"$3\r\nabcde\r\n", b"$-5\r\n", nested,
+                     b"+" + b"x" * (65 * 1024)):
+            with self.subTest(data=data[:20]), self.assertRaises(wsgihost.RedisError):
+                wsgihost.parse_reply(data)
+
+    def test_redis_urls(self):
+        self.assertEqual(wsgihost.parse_redis_url("redis://localhost"),
+                         ("localhost", 6379, None, None, 0, False))
+        self.assertEqual(wsgihost.parse_redis_url("rediss://:s%40cret@redis.example:6380/2"),
+                         ("redis.example", 6380, None, "s@cret", 2, True))
+        self.assertEqual(wsgihost.parse_redis_url("redis://app:pw@[::1]:7000/0"),
+                         ("::1", 7000, "app", "pw", 0, False))
+        for bad in ("http://x", "redis://x:port", "redis://x/abc"):
+            with self.subTest(url=bad), self.assertRaises(ValueError):
+                wsgihost.parse_redis_url(bad)
+
+    def test_text_and_binary_messages_survive(self):
+        for message in ("héllo", "", b"\x00\xff", b""):
+            with self.subTest(message=message):
+                decoded = wsgihost.decode_channel_message(wsgihost.encode_channel_message(message))
+                self.assertEqual((type(decoded), decoded), (type(message), message))
+
+
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------

@@ -4823,6 +4823,303 @@ def run_node(node: Node) -> int:
 
 
 # =============================================================================
+# 12a. Channels across processes and machines: Redis pub/sub over RESP
+# =============================================================================
+# A websocket path's Channel delivers to the clients of one process. With a
+# Redis server configured (router worker option "channels": {"redis": URL}),
+# every broadcast is PUBLISHed to Redis and delivered when it comes back
+# from a SUBSCRIBE, so every node sharing that Redis -- and every client of
+# every node -- gets every message, in the one order Redis gives them.
+# Delivery is at most once: Redis pub/sub keeps nothing for a subscriber
+# that is away, so what is published while a node is disconnected never
+# reaches its clients (and while it is disconnected, its own broadcasts are
+# delivered to its own clients only).
+#
+# RESP, the Redis protocol (redis.io "RESP protocol spec"), fits in two pure
+# functions: build_command() serializes a command as an array of bulk
+# strings, parse_reply() reads one reply from a buffer. The RedisBridge runs
+# two connections, each in a thread of its own -- a subscriber, and a
+# publisher fed through a bounded queue, so that a Redis that hangs never
+# delays a request: its messages are dropped, with a log line.
+
+REDIS_DEFAULT_PORT = 6379
+#: Nesting and size bounds on what a Redis server may send us.
+MAX_REDIS_NESTING = 8
+MAX_REDIS_BULK = 512 * 1024 * 1024
+#: Messages waiting to be published; over this, new ones are dropped.
+REDIS_PUBLISH_QUEUE = 10000
+#: Reconnection back-off, in seconds: doubling from the first to the last.
+REDIS_BACKOFF = (0.1, 5.0)
+#: Seconds to connect (and to authenticate) before trying again later.
+REDIS_CONNECT_TIMEOUT = 5.0
+
+
+class RedisError(Exception):
+    """A Redis protocol error, or an error reply (``-ERR ...``) where none was expected."""
+
+
+def build_command(*args) -> bytes:
+    """A Redis command as RESP: an array of bulk strings (str is UTF-8, int in decimal)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode("utf-8")
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        parts.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
+def parse_reply(buffer, start: int = 0, depth: int = 0):
+    """One RESP2 reply from ``buffer[start:]``: (value, end), or None while incomplete.
+
+    Simple strings come as str, errors as RedisError instances (not raised:
+    they are a reply), integers as int, bulk strings as bytes, arrays as
+    lists, nil as None. Raises RedisError for bytes that are not RESP.
+    """
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        if len(buffer) - start > 64 * 1024:
+            raise RedisError("a RESP line over 64 KiB: %s" % _show(bytes(buffer[start:start + 60])))
+        return None
+    kind, line = buffer[start:start + 1], bytes(buffer[start + 1:line_end])
+    end = line_end + 2
+    if kind == b"+":
+        return line.decode("utf-8", "replace"), end
+    if kind == b"-":
+        return RedisError(line.decode("utf-8", "replace")), end
+    try:
+        number = int(line)
+    except ValueError:
+        raise RedisError("not RESP: %s" % _show(bytes(buffer[start:line_end]))) from None
+    if kind == b":":
+        return number, end
+    if kind == b"$":
+        if number == -1:
+            return None, end
+        if not 0 <= number <= MAX_REDIS_BULK:
+            raise RedisError("bulk string of %d bytes" % number)
+        if len(buffer) < end + number + 2:
+            return None
+        if buffer[end + number:end + number + 2] != b"\r\n":
+            raise RedisError("bulk string not followed by CRLF")
+        return bytes(buffer[end:end + number]), end + number + 2
+    if kind == b"*":
+        if number == -1:
+            return None, end
+        if depth >= MAX_REDIS_NESTING or number < 0:
+            raise RedisError("array of %d, nested %d deep" % (number, depth))
+        items = []
+        for _ in range(number):
+            parsed = parse_reply(buffer, end, depth + 1)
+            if parsed is None:
+                return None
+            item, end = parsed
+            items.append(item)
+        return items, end
+    raise RedisError("not RESP: %s" % _show(bytes(buffer[start:line_end])))
+
+
+def parse_redis_url(url: str):
+    """``redis://[[user]:password@]host[:port][/db]`` or ``rediss://`` (TLS):
+    (host, port, user, password, db, tls). ValueError says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis://host:port/db or rediss://..., got %r" % url)
+    try:
+        port = parts.port or REDIS_DEFAULT_PORT
+    except ValueError:
+        raise ValueError("invalid port in %r" % url) from None
+    db = parts.path.strip("/") or "0"
+    if not db.isdigit() or not db.isascii():
+        raise ValueError("the database in %r is not a number" % url)
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return (parts.hostname or "localhost", port, user, password, int(db), parts.scheme == "rediss")
+
+
+def encode_channel_message(message) -> bytes:
+    """A WebSocket message for Redis: its kind in one byte, so text and binary survive."""
+    if isinstance(message, str):
+        return b"t" + message.encode("utf-8")
+    return b"b" + bytes(message)
+
+
+def decode_channel_message(data: bytes):
+    return data[1:].decode("utf-8") if data[:1] == b"t" else data[1:]
+
+
+class RedisConnection:
+    """One blocking connection to Redis: commands out, replies in (RESP)."""
+
+    def __init__(self, url: str):
+        self.host, self.port, self.user, self.password, self.db, self.tls = parse_redis_url(url)
+        self.sock = None
+        self.buffer = bytearray()
+
+    def connect(self):
+        sock = socket.create_connection((self.host, self.port), timeout=REDIS_CONNECT_TIMEOUT)
+        if self.tls:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        self.sock, self.buffer = sock, bytearray()
+        if self.password is not None:
+            auth = ("AUTH", self.user, self.password) if self.user else ("AUTH", self.password)
+            self.call(*auth)
+        if self.db:
+            self.call("SELECT", self.db)
+
+    def send(self, *args):
+        self.sock.sendall(build_command(*args))
+
+    def read(self):
+        """The next reply (blocking, within the socket's timeout)."""
+        while True:
+            parsed = parse_reply(self.buffer)
+            if parsed is not None:
+                value, end = parsed
+                del self.buffer[:end]
+                return value
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            self.buffer += data
+
+    def call(self, *args):
+        self.send(*args)
+        reply = self.read()
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    def close(self):
+        if self.sock is not None:
+            _shutdown_socket(self.sock, socket.SHUT_RDWR)
+            self.sock.close()
+            self.sock = None
+
+
+class RedisBridge:
+    """Channels of this node, joined through Redis pub/sub with every other node.
+
+    ``publish(path, message)`` queues a message for Redis (never blocking);
+    ``deliver(path, message)`` -- given by the node -- hands each message that
+    comes back to the local clients of that path. ``connected`` says whether
+    the subscription is live (when it is not, broadcasts stay local).
+    """
+
+    def __init__(self, url: str, paths, deliver, prefix: str = "wsgihost"):
+        self.url = url
+        self.prefix = prefix
+        self.channels = {"%s:%s" % (prefix, path): path for path in paths}
+        self.deliver = deliver
+        self.connected = False
+        self.running = True
+        self.queue = queue.Queue(REDIS_PUBLISH_QUEUE)
+        self._subscriber = None
+        self._publisher = None
+        self._threads = []
+
+    def start(self):
+        for target, name in ((self._subscribe_loop, "wsgihost-redis-sub"),
+                             (self._publish_loop, "wsgihost-redis-pub")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self):
+        self.running = False
+        for conn in (self._subscriber, self._publisher):
+            if conn is not None:
+                conn.close()
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def publish(self, path: str, message) -> bool:
+        """Queue ``message`` for the channel of ``path``; False if it had to be dropped."""
+        try:
+            self.queue.put_nowait(("%s:%s" % (self.prefix, path), encode_channel_message(message)))
+            return True
+        except queue.Full:
+            log.warning("Redis publish queue full (%d messages): a broadcast is dropped",
+                        REDIS_PUBLISH_QUEUE)
+            return False
+
+    def _retrying(self, what: str, attempt):
+        """Run ``attempt(conn)`` on fresh connections until stopped, backing off between failures."""
+        delay, failures = REDIS_BACKOFF[0], 0
+        while self.running:
+            conn = RedisConnection(self.url)
+            try:
+                conn.connect()
+                if failures:
+                    log.info("Redis at %s:%d reachable again (%s)", conn.host, conn.port, what)
+                failures, delay = 0, REDIS_BACKOFF[0]
+                attempt(conn)
+            except (OSError, RedisError) as exc:
+                if self.running:
+                    if failures == 0:
+                        log.error("Redis at %s:%d is unreachable (%s): %s; retrying with back-off "
+                                  "up to %gs; meanwhile broadcasts stay on this node", conn.host,
+                                  conn.port, what, exc, REDIS_BACKOFF[1])
+                    failures += 1
+            finally:
+                self.connected = self.connected and what != "subscriber"
+                conn.close()
+            if self.running:
+                time.sleep(delay)
+                delay = min(delay * 2, REDIS_BACKOFF[1])
+
+    def _subscribe_loop(self):
+        self._retrying("subscriber", self._subscribe)
+
+    def _subscribe(self, conn: RedisConnection):
+        self._subscriber = conn
+        conn.sock.settimeout(None)          # a quiet channel is not an error
+        conn.send("SUBSCRIBE", *self.channels)
+        for _ in self.channels:
+            reply = conn.read()             # ["subscribe", channel, count]
+            if not isinstance(reply, list) or reply[:1] != [b"subscribe"]:
+                raise RedisError("unexpected answer to SUBSCRIBE: %r" % (reply,))
+        self.connected = True
+        while self.running:
+            reply = conn.read()
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                path = self.channels.get(reply[1].decode("utf-8", "replace"))
+                if path is not None:
+                    self.deliver(path, decode_channel_message(reply[2]))
+
+    def _publish_loop(self):
+        self._retrying("publisher", self._publish)
+
+    def _publish(self, conn: RedisConnection):
+        self._publisher = conn
+        conn.sock.settimeout(REDIS_CONNECT_TIMEOUT)
+        while self.running:
+            item = self.queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 256:         # pipelined: one write, then the replies
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self.running = False
+                    break
+                batch.append(item)
+            conn.sock.sendall(b"".join(build_command("PUBLISH", channel, data)
+                                       for channel, data in batch))
+            for _ in batch:
+                reply = conn.read()
+                if isinstance(reply, RedisError):
+                    log.error("Redis refused a PUBLISH: %s", reply)
+
+
+# =============================================================================
 # 13. Command line
 # =============================================================================
 
