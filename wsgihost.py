@@ -100,7 +100,7 @@ import tempfile
 import threading
 import time
 import traceback
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 __version__ = "0.1.0"
 __all__ = [
