@@ -4321,11 +4321,14 @@ class WaitingRoom:
         """
         poller = select.poll()
         poller.register(conn.sock, select.POLLIN)
-        if getattr(conn.sock, "pending", int)() or poller.poll(KEEP_ALIVE_SPIN * 1000):
-            data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
-            if not data:
-                return Next.CLOSE
-            conn.reader.buffer = data
+        try:
+            if getattr(conn.sock, "pending", int)() or poller.poll(KEEP_ALIVE_SPIN * 1000):
+                data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+                if not data:
+                    return Next.CLOSE
+                conn.reader.buffer = data
+        except OSError:             # reset by the client: nothing to tell anyone
+            return Next.CLOSE
         return Next.KEEP
 
     def _after(self, conn: HTTPConnection, next_step: Next):
