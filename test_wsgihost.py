@@ -4523,6 +4523,90 @@ class RESPTests(unittest.TestCase):
                 self.assertEqual((type(decoded), decoded), (type(message), message))
 
 
+def start_redis(test) -> int:
+    """A redis-server of our own on a free port (Debian's package; .ci/run installs it)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("WSGIHOST_REQUIRE_ALL"):
+            test.fail("redis-server is not installed (.ci/run installs Debian's redis-server)")
+        test.skipTest("redis-server is not installed (.ci/run installs Debian's redis-server)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    test.addCleanup(proc.wait, 10)
+    test.addCleanup(proc.terminate)
+    SubprocessTests.wait_for_port(test, port, proc)
+    return port, proc
+
+
+class RedisBridgeTests(unittest.TestCase):
+    """Section 12a against a real redis-server: two bridges, as two nodes would have."""
+
+    def bridge(self, url, paths=("/ws",)):
+        received = []
+        bridge = wsgihost.RedisBridge(url, paths, lambda path, message: received.append((path, message)))
+        bridge.start()
+        self.addCleanup(bridge.stop)
+        return bridge, received
+
+    def wait_for(self, condition, timeout=10, what="condition"):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, what)
+            time.sleep(0.01)
+
+    def test_two_nodes_get_every_message_in_one_order_text_and_binary(self):
+        port, _ = start_redis(self)
+        url = "redis://127.0.0.1:%d/0" % port
+        (a, got_a), (b, got_b) = self.bridge(url), self.bridge(url)
+        self.wait_for(lambda: a.connected and b.connected, what="not subscribed")
+        sent = []
+        for i in range(200):
+            message = "text %d é" % i if i % 2 else b"\x00binary %d" % i
+            (a if i % 3 else b).publish("/ws", message)
+            sent.append(("/ws", message))
+        self.wait_for(lambda: len(got_a) == len(got_b) == 200, what="messages missing")
+        self.assertEqual(got_a, got_b)                      # one order for both
+        self.assertEqual(sorted(map(repr, got_a)), sorted(map(repr, sent)))
+        for (_, mine), (_, theirs) in zip(got_a, got_a):
+            self.assertIs(type(mine), type(theirs))
+
+    def test_after_redis_restarts_messages_flow_again_within_5_s(self):
+        port, proc = start_redis(self)
+        url = "redis://127.0.0.1:%d/0" % port
+        (a, got_a), (b, got_b) = self.bridge(url), self.bridge(url)
+        self.wait_for(lambda: a.connected and b.connected)
+        with self.assertLogs("wsgihost", "ERROR") as logs:
+            proc.terminate()
+            proc.wait(10)
+            self.wait_for(lambda: not a.connected and not b.connected, what="the loss not seen")
+        self.assertIn("unreachable", "\n".join(logs.output))
+        server = shutil.which("redis-server")
+        again = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        self.addCleanup(again.wait, 10)
+        self.addCleanup(again.terminate)
+        start = time.monotonic()
+        self.wait_for(lambda: a.connected and b.connected, timeout=10, what="no reconnection")
+        a.publish("/ws", "after")
+        self.wait_for(lambda: ("/ws", "after") in got_b, timeout=10)
+        self.assertLess(time.monotonic() - start, 5.0 + 1.0)   # back-off is at most 5 s
+
+    def test_a_redis_that_never_answers_does_not_block_publish(self):
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)                                   # accepts, never answers
+        bridge, got = self.bridge("redis://127.0.0.1:%d/0" % silent.getsockname()[1])
+        start = time.monotonic()
+        for i in range(1000):
+            bridge.publish("/ws", "m%d" % i)
+        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertFalse(bridge.connected)
+
+
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------

@@ -3811,7 +3811,7 @@ class WaitingRoom:
                             elif conn is self:
                                 self._drain_wakeups()
                             else:
-                                self._on_readable(conn)
+                                self._on_ready(conn)
                         except Exception:
                             log.exception("unexpected error in the waiting room")
                             if isinstance(conn, HTTPConnection):
@@ -3971,7 +3971,7 @@ class WaitingRoom:
         except (KeyError, ValueError):
             pass
 
-    def _on_readable(self, conn: HTTPConnection):
+    def _on_ready(self, conn: HTTPConnection):
         state = conn.state
         if state is WAITING:
             self._receive(conn)
@@ -4995,10 +4995,19 @@ class RedisConnection:
         return reply
 
     def close(self):
-        if self.sock is not None:
-            _shutdown_socket(self.sock, socket.SHUT_RDWR)
-            self.sock.close()
-            self.sock = None
+        sock, self.sock = self.sock, None       # stop() may close it from another thread
+        if sock is not None:
+            _shutdown_socket(sock, socket.SHUT_RDWR)
+            sock.close()
+
+    def alive(self) -> bool:
+        """False if Redis has closed this idle connection (a restart, a timeout)."""
+        try:
+            poller = select.poll()          # not select(): descriptors past 1,024 break it
+            poller.register(self.sock, select.POLLIN)
+            return not poller.poll(0) or socket.socket.recv(self.sock, 1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError, AttributeError):
+            return False
 
 
 class RedisBridge:
@@ -5104,6 +5113,11 @@ class RedisBridge:
             item = self.queue.get()
             if item is None:
                 return
+            if not conn.alive():
+                # Redis went away while we were idle: publish on a new
+                # connection instead of losing this message on the old one.
+                self.queue.put(item)        # (it waits at the back; order across a restart
+                raise ConnectionError("the connection was closed while idle")   # is not kept)
             batch = [item]
             while len(batch) < 256:         # pipelined: one write, then the replies
                 try:
