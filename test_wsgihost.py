@@ -26,9 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 import unittest
-import unittest.mock
 import warnings
+import zlib
+from unittest import mock
 from wsgiref.validate import validator
 
 import wsgihost
@@ -1675,6 +1677,20 @@ class WebSocketFrameTests(unittest.TestCase):
             with self.subTest(data=data):
                 self.assertViolation(data, code)
 
+    def test_reserved_bits_with_permessage_deflate(self):
+        mask = b"\x00\x00\x00\x00"
+        self.assertTrue(parse_frame(b"\xc1\x80" + mask, compression=True)[0].rsv1)      # compressed text
+        self.assertTrue(parse_frame(b"\x42\x80" + mask, compression=True)[0].rsv1)      # first fragment
+        self.assertFalse(parse_frame(b"\x81\x80" + mask, compression=True)[0].rsv1)     # uncompressed
+        for data in (b"\xc0\x80" + mask,             # RSV1 on a continuation frame (RFC 7692 §6)
+                     b"\xc9\x80" + mask,             # ... on a ping
+                     b"\xc8\x80" + mask,             # ... on a close
+                     b"\xe1\x80" + mask,             # RSV2, and RSV3: no extension defines them
+                     b"\xd1\x80" + mask):
+            with self.subTest(data=data):
+                self.assertViolation(data, 1002, compression=True)
+        self.assertViolation(b"\xc1\x80" + mask, 1002)  # RSV1 without the extension
+
     def test_frame_over_the_limit_is_1009(self):
         header = build_frame(Opcode.BINARY, b"x" * 1001, mask=b"abcd")[:8]
         with self.assertRaises(WebSocketError) as ctx:
@@ -1764,8 +1780,199 @@ class WebSocketHandshakeTests(unittest.TestCase):
         self.assertEqual(self.check(options, HTTP_SEC_WEBSOCKET_PROTOCOL="x, y")[1], None)
 
 
+def hx(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+def inflate_all(codec, payload: bytes, limit: int = 1 << 20) -> bytes:
+    return b"".join(codec.decompress(payload, limit, end=True))
+
+
+TAKEOVER = wsgihost.DeflateParams(False, False, 15, 15, 8)
+NO_TAKEOVER = wsgihost.DeflateParams(True, True, 15, 15, 8)
+
+
+class PerMessageDeflateTests(unittest.TestCase):
+    """The codec against RFC 7692 §7.2.3's examples, byte for byte, and the bomb."""
+
+    def test_hello_in_one_compressed_block_7_2_3_1(self):
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        self.assertEqual(codec.compress(b"Hello"), hx("f2 48 cd c9 c9 07 00"))
+        self.assertEqual(build_frame(Opcode.TEXT, hx("f2 48 cd c9 c9 07 00"), rsv1=True),
+                         hx("c1 07 f2 48 cd c9 c9 07 00"))
+        self.assertEqual(inflate_all(wsgihost.PerMessageDeflate(TAKEOVER), hx("f2 48 cd c9 c9 07 00")),
+                         b"Hello")
+
+    def test_hello_fragmented_7_2_3_1(self):
+        first, payload1, _ = parse_frame(hx("41 03 f2 48 cd"), require_mask=False, compression=True)
+        second, payload2, _ = parse_frame(hx("80 04 c9 c9 07 00"), require_mask=False, compression=True)
+        self.assertEqual((first.rsv1, first.fin, second.rsv1, second.fin), (True, False, False, True))
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        data = b"".join(codec.decompress(payload1, 100))
+        data += b"".join(codec.decompress(payload2, 100, end=True))
+        self.assertEqual(data, b"Hello")
+
+    def test_sharing_the_window_7_2_3_2(self):
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        self.assertEqual([codec.compress(b"Hello"), codec.compress(b"Hello")],
+                         [hx("f2 48 cd c9 c9 07 00"), hx("f2 00 11 00 00")])
+        inflater = wsgihost.PerMessageDeflate(TAKEOVER)
+        self.assertEqual([inflate_all(inflater, hx("f2 48 cd c9 c9 07 00")),
+                          inflate_all(inflater, hx("f2 00 11 00 00"))], [b"Hello", b"Hello"])
+        # server_no_context_takeover: every message starts afresh (§7.1.1.1)
+        codec = wsgihost.PerMessageDeflate(NO_TAKEOVER)
+        self.assertEqual([codec.compress(b"Hello"), codec.compress(b"Hello")],
+                         [hx("f2 48 cd c9 c9 07 00")] * 2)
+        # client_no_context_takeover: the second message may not refer to the first
+        inflater = wsgihost.PerMessageDeflate(NO_TAKEOVER)
+        self.assertEqual(inflate_all(inflater, hx("f2 48 cd c9 c9 07 00")), b"Hello")
+        with self.assertRaises(WebSocketError) as ctx:
+            inflate_all(inflater, hx("f2 00 11 00 00"))
+        self.assertEqual(ctx.exception.code, 1002)
+
+    def test_block_with_no_compression_7_2_3_3(self):
+        self.assertEqual(inflate_all(wsgihost.PerMessageDeflate(TAKEOVER), hx("00 05 00 fa ff 48 65 6c 6c 6f 00")),
+                         b"Hello")
+
+    def test_block_with_bfinal_7_2_3_4_and_the_next_message(self):
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        self.assertEqual(inflate_all(codec, hx("f3 48 cd c9 c9 07 00 00")), b"Hello")
+        # the stream ended: the sender starts a new one for the next message
+        self.assertEqual(inflate_all(codec, hx("f2 48 cd c9 c9 07 00")), b"Hello")
+
+    def test_two_blocks_in_one_message_7_2_3_5(self):
+        self.assertEqual(inflate_all(wsgihost.PerMessageDeflate(TAKEOVER),
+                                     hx("f2 48 05 00 00 00 ff ff ca c9 c9 07 00")), b"Hello")
+
+    def test_empty_message_7_2_3_6(self):
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        self.assertEqual(codec.compress(b""), hx("00"))
+        self.assertEqual(inflate_all(codec, hx("00")), b"")
+        self.assertEqual(inflate_all(codec, b""), b"")      # a flush with nothing in it
+
+    def test_not_deflate_is_1002(self):
+        with self.assertRaises(WebSocketError) as ctx:
+            inflate_all(wsgihost.PerMessageDeflate(TAKEOVER), b"\xff\xff\xff\xff")
+        self.assertEqual(ctx.exception.code, 1002)
+
+    def test_the_limit_is_on_inflated_bytes(self):
+        payload = wsgihost.PerMessageDeflate(TAKEOVER).compress(b"a" * 1000)
+        self.assertEqual(inflate_all(wsgihost.PerMessageDeflate(TAKEOVER), payload, 1000), b"a" * 1000)
+        with self.assertRaises(WebSocketError) as ctx:
+            inflate_all(wsgihost.PerMessageDeflate(TAKEOVER), payload, 999)
+        self.assertEqual(ctx.exception.code, 1009)
+
+    def test_a_bomb_is_stopped_having_spent_about_the_limit(self):
+        # 1 MiB on the wire that would inflate to 1 GiB, against a 16 MiB limit
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+        chunk = deflater.compress(b"\0" * (64 << 20)) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        bomb = chunk * 16                                       # sync-flushed pieces concatenate
+        self.assertLess(len(bomb), 1100 * 1024)
+        codec = wsgihost.PerMessageDeflate(TAKEOVER)
+        limit = 16 << 20
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        out = 0
+        with self.assertRaises(WebSocketError) as ctx:
+            for data in codec.decompress(bomb, limit):
+                out += len(data)
+        peak = tracemalloc.get_traced_memory()[1]
+        self.assertEqual(ctx.exception.code, 1009)
+        self.assertEqual(out, limit)                            # every byte up to the limit, not one more
+        self.assertLess(peak, limit // 4 + 2 * len(bomb))       # yielded in steps, never held whole
+
+
+class NegotiationTests(unittest.TestCase):
+    """permessage-deflate negotiation (RFC 7692 §5, §7.1), a pure function."""
+
+    def answer(self, offer, **options):
+        agreed = wsgihost.negotiate_permessage_deflate(offer, wsgihost.DeflateOptions(**options))
+        return agreed and agreed[1]
+
+    def test_a_browsers_offer(self):        # Chromium and Firefox send this
+        params, answer = wsgihost.negotiate_permessage_deflate(
+            "permessage-deflate; client_max_window_bits", wsgihost.DeflateOptions())
+        self.assertEqual(answer, "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12")
+        self.assertEqual(params, wsgihost.DeflateParams(False, False, 12, 12, 5))
+
+    def test_each_parameter(self):
+        for offer, answer in [
+                ("permessage-deflate", "permessage-deflate; server_max_window_bits=12"),
+                ("permessage-deflate; server_no_context_takeover",
+                 "permessage-deflate; server_no_context_takeover; server_max_window_bits=12"),
+                ("permessage-deflate; client_no_context_takeover",
+                 "permessage-deflate; client_no_context_takeover; server_max_window_bits=12"),
+                ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=10"),
+                ("permessage-deflate; server_max_window_bits=15", "permessage-deflate; server_max_window_bits=12"),
+                ('permessage-deflate; server_max_window_bits="9"', "permessage-deflate; server_max_window_bits=9"),
+                ("permessage-deflate; client_max_window_bits=10",
+                 "permessage-deflate; server_max_window_bits=12; client_max_window_bits=10"),
+                ("permessage-deflate; client_max_window_bits=15",
+                 "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"),
+                ("PerMessage-Deflate", None)]:
+            with self.subTest(offer=offer):
+                self.assertEqual(self.answer(offer), answer)
+
+    def test_without_client_max_window_bits_the_clients_window_is_not_limited(self):
+        params, answer = wsgihost.negotiate_permessage_deflate("permessage-deflate", wsgihost.DeflateOptions())
+        self.assertEqual((params.client_max_window_bits, answer),       # §7.1.2.2: MUST NOT answer it
+                         (15, "permessage-deflate; server_max_window_bits=12"))
+
+    def test_invalid_offers_are_declined(self):
+        for params in ["server_max_window_bits", "server_max_window_bits=7", "server_max_window_bits=16",
+                       "server_max_window_bits=010", 'server_max_window_bits="1 0"', "client_max_window_bits=16",
+                       "client_max_window_bits=0", "server_no_context_takeover=1",
+                       'client_no_context_takeover=""', "mux", "x=1",
+                       "client_max_window_bits; client_max_window_bits=10",             # named twice
+                       "server_no_context_takeover; server_no_context_takeover",
+                       "server_max_window_bits=8"]:                     # zlib cannot deflate with 256 bytes
+            with self.subTest(params=params):
+                self.assertIsNone(self.answer("permessage-deflate; " + params))
+
+    def test_the_first_acceptable_offer_is_taken(self):
+        self.assertEqual(self.answer("x-webkit-deflate-frame, permessage-deflate; server_max_window_bits=8, "
+                                     "permessage-deflate; server_max_window_bits=10, permessage-deflate"),
+                         "permessage-deflate; server_max_window_bits=10")
+        self.assertEqual(self.answer("permessage-deflate; client_no_context_takeover,permessage-deflate"),
+                         "permessage-deflate; client_no_context_takeover; server_max_window_bits=12")
+        self.assertIsNone(self.answer("x-webkit-deflate-frame"))
+        self.assertIsNone(self.answer(None))
+        self.assertIsNone(self.answer(""))
+        self.assertEqual(self.answer(" , permessage-deflate ,"), "permessage-deflate; server_max_window_bits=12")
+
+    def test_a_field_that_does_not_parse_is_400(self):
+        for field in ["permessage-deflate;", "permessage-deflate; a=", "permessage-deflate a", ";",
+                      'permessage-deflate; a="b', "permessage-deflate; a=b c", "permessage-deflate; =1"]:
+            with self.subTest(field=field), self.assertRaises(HTTPError) as ctx:
+                self.answer(field)
+            self.assertEqual(ctx.exception.status, 400)
+            self.assertIn("Sec-WebSocket-Extensions %r" % field, ctx.exception.detail)
+
+    def test_parse_extension_offers(self):
+        self.assertEqual(wsgihost.parse_extension_offers('a; b; c=1 ,d;e="x\\"y" , '),
+                         [("a", [("b", None), ("c", "1")]), ("d", [("e", 'x"y')])])
+
+    def test_the_paths_options(self):
+        offer = "permessage-deflate; client_max_window_bits"
+        both = "server_max_window_bits=12; client_max_window_bits=12"
+        for options, answer in [
+                ({"no_context_takeover": True}, "permessage-deflate; server_no_context_takeover; " + both),
+                ({"request_no_context_takeover": True}, "permessage-deflate; client_no_context_takeover; " + both),
+                ({"request_max_window_bits": 0}, "permessage-deflate; server_max_window_bits=12"),
+                ({"request_max_window_bits": 9},
+                 "permessage-deflate; server_max_window_bits=12; client_max_window_bits=9"),
+                ({"max_window_bits": 15, "request_max_window_bits": 0}, "permessage-deflate"),
+                ({"max_window_bits": 8}, "permessage-deflate; server_max_window_bits=9; client_max_window_bits=12")]:
+            with self.subTest(options=options):
+                self.assertEqual(self.answer(offer, **options), answer)
+        params = wsgihost.negotiate_permessage_deflate(offer, wsgihost.DeflateOptions(memory_level=9))[0]
+        self.assertEqual(params.memory_level, 9)
+
+
 class WSClient:
     """A minimal RFC 6455 client for the tests, on the module's own frame functions."""
+
+    compression = False         # RSV1 allowed on the server's frames (DeflateClient)
 
     def __init__(self, port, path="/ws", headers=(), timeout=10, context=None):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -1806,7 +2013,9 @@ class WSClient:
         self._fill(2)
         size = wsgihost.frame_header_size(self.buffer[:2])
         self._fill(size)
-        header = wsgihost.parse_frame_header(bytes(self.buffer[:size]), require_mask=False)
+        header = wsgihost.parse_frame_header(bytes(self.buffer[:size]), require_mask=False,
+                                             compression=self.compression)
+        self.rsv1 = header.rsv1
         self._fill(size + header.payload_len)
         payload = bytes(self.buffer[size:size + header.payload_len])
         del self.buffer[:size + header.payload_len]
@@ -1838,6 +2047,39 @@ class WSClient:
 
     def close(self):
         self.sock.close()
+
+
+class DeflateClient(WSClient):
+    """A WSClient that offers permessage-deflate, and compresses and inflates
+    with zlib itself (not with the module's codec, which it tests)."""
+
+    compression = True
+
+    def __init__(self, port, path="/z", offer="permessage-deflate; client_max_window_bits", headers=(), **kw):
+        super().__init__(port, path, headers=list(headers) + [("Sec-WebSocket-Extensions", offer)], **kw)
+        fields = [line.split(":", 1)[1].strip() for line in self.head.split("\r\n")
+                  if line.lower().startswith("sec-websocket-extensions:")]
+        self.agreed = fields[0] if fields else None
+        self.deflater = zlib.compressobj(6, zlib.DEFLATED, -9)     # within any window agreed
+        self.inflater = zlib.decompressobj(-15)
+
+    def compress(self, data: bytes) -> bytes:
+        out = self.deflater.compress(data) + self.deflater.flush(zlib.Z_SYNC_FLUSH)
+        assert out.endswith(b"\x00\x00\xff\xff")
+        return out[:-4]
+
+    def send_compressed(self, opcode, data: bytes):
+        self.sock.sendall(build_frame(opcode, self.compress(data), mask=os.urandom(4), rsv1=True))
+
+    def recv_message(self):
+        """(opcode, payload inflated, whether it was compressed) of an unfragmented message."""
+        opcode, payload = self.recv_frame()
+        compressed = self.rsv1
+        if compressed:
+            if "server_no_context_takeover" in self.agreed:
+                self.inflater = zlib.decompressobj(-15)
+            payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
+        return opcode, payload, compressed
 
 
 def upper_handler(ws):
@@ -2121,6 +2363,196 @@ class WebSocketSocketTests(unittest.TestCase):
         self.wait_for(lambda: len(self.channels["/ws"]) == 1)
         threading.Thread(target=self.node.stop, args=(5,)).start()
         self.assertEqual(c.expect_close(), 1001)
+
+DEFLATE_CONFIG = {"workers": [{"type": "router", "transports": [{
+    "type": "web", "endpoint": {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+    "options": {"client_timeout": 5},
+    "paths": {
+        "z": {"type": "websocket", "options": {"compression": {"deflate": {}}, "auto_ping_interval": 0}},
+        "zsmall": {"type": "websocket", "options": {"compression": {"deflate": {}}, "max_message_size": 1000,
+                                                    "auto_ping_interval": 0}},
+        "plain": {"type": "websocket", "options": {"auto_ping_interval": 0}},
+    }}]}]}
+
+
+class WebSocketNodeCase(unittest.TestCase):
+    """A node serving DEFLATE_CONFIG, and helpers; its subclasses have the tests."""
+
+    def setUp(self):
+        self.node = wsgihost.Node(DEFLATE_CONFIG).start()
+        self.addCleanup(self.node.stop, 2)
+        self.port = self.node.transports[0].port
+        self.channels = self.node.transports[0].channels
+
+    def client(self, path="/z", cls=DeflateClient, **kw):
+        client = cls(self.port, path, **kw)
+        self.addCleanup(client.close)
+        return client
+
+    def wait_for(self, condition, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail("timed out")
+            time.sleep(0.01)
+
+
+class WebSocketCompressionTests(WebSocketNodeCase):
+    """permessage-deflate over the wire: RSV1, both directions, limits, broadcasts."""
+
+    def test_agreed_and_echoed_compressed_both_ways(self):
+        c = self.client()
+        self.assertEqual((c.status, c.agreed),
+                         (101, "permessage-deflate; server_max_window_bits=12; client_max_window_bits=12"))
+        c.send_compressed(Opcode.TEXT, "h\u00e9llo".encode())
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, "h\u00e9llo".encode(), True))
+        blob = os.urandom(50000) + b"abc" * 30000
+        c.send_compressed(Opcode.BINARY, blob)
+        self.assertEqual(c.recv_message(), (Opcode.BINARY, blob, True))
+        c.send_text("sent uncompressed")                        # RSV1 clear: allowed (§6)
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, b"sent uncompressed", True))
+        c.send_compressed(Opcode.TEXT, b"")
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, b"", True))
+
+    def test_compressed_fragmented_message_with_a_ping_between(self):
+        c = self.client()
+        text = ("\u00e9\u4e2d\U0001f600 " * 2000).encode()         # 2-, 3- and 4-byte characters
+        payload = c.compress(text)
+        cuts = [0, 5, len(payload) // 2, len(payload) - 1, len(payload)]   # characters split anyhow
+        for i, (start, end) in enumerate(zip(cuts, cuts[1:])):
+            fin = end == len(payload)
+            c.sock.sendall(build_frame(Opcode.TEXT if i == 0 else Opcode.CONTINUATION, payload[start:end],
+                                       fin, os.urandom(4), rsv1=i == 0))
+            if i == 1:
+                c.send(Opcode.PING, b"p")
+        self.assertEqual(c.recv_frame(), (Opcode.PONG, b"p"))
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, text, True))
+
+    def test_text_not_utf8_once_inflated_is_1007_at_once(self):
+        c = self.client()
+        c.send_compressed(Opcode.TEXT, b"ok \xff")
+        self.assertEqual(c.expect_close(), 1007)
+        c = self.client()                                       # fails fast: before the message ends
+        c.sock.sendall(build_frame(Opcode.TEXT, c.compress(b"x" * 1000 + b"\xc0\xaf"), False, os.urandom(4),
+                                   rsv1=True))
+        self.assertEqual(c.expect_close(), 1007)
+
+    def test_reserved_bits_over_the_wire(self):
+        for path, frames in [
+                ("/z", [build_frame(Opcode.TEXT, b"\x00", False, b"abcd", rsv1=True),
+                        build_frame(Opcode.CONTINUATION, b"\x00", True, b"abcd", rsv1=True)]),
+                ("/z", [build_frame(Opcode.PING, b"", mask=b"abcd", rsv1=True)]),
+                ("/z", [bytes([0xa1, 0x80]) + b"abcd"]),                          # RSV2
+                ("/plain", [build_frame(Opcode.TEXT, b"\x00", mask=b"abcd", rsv1=True)])]:  # not agreed
+            with self.subTest(path=path, frames=frames):
+                c = self.client(path)
+                self.assertEqual(c.agreed is None, path == "/plain")
+                c.sock.sendall(b"".join(frames))
+                self.assertEqual(c.expect_close(), 1002)
+
+    def test_small_frame_inflating_past_max_message_size_is_1009(self):
+        c = self.client("/zsmall")                              # max_message_size 1000
+        c.send_compressed(Opcode.BINARY, b"a" * 1000)
+        self.assertEqual(c.recv_message(), (Opcode.BINARY, b"a" * 1000, True))
+        bomb = c.compress(b"a" * 1000000)
+        self.assertLess(len(bomb), 1100)
+        c.sock.sendall(build_frame(Opcode.BINARY, bomb, mask=os.urandom(4), rsv1=True))
+        self.assertEqual(c.expect_close(), 1009)
+
+    def test_data_that_is_not_deflate_is_1002(self):
+        c = self.client()
+        c.sock.sendall(build_frame(Opcode.BINARY, b"\xff\xff\xff", mask=os.urandom(4), rsv1=True))
+        self.assertEqual(c.expect_close(), 1002)
+
+    def test_broadcast_to_compressed_and_uncompressed_clients(self):
+        plain = self.client(cls=WSClient)
+        takeover = self.client()
+        fresh = [self.client(offer="permessage-deflate; server_no_context_takeover; client_max_window_bits")
+                 for _ in range(2)]
+        self.assertIn("server_no_context_takeover", fresh[0].agreed)
+        self.assertNotIn("server_no_context_takeover", takeover.agreed)
+        self.wait_for(lambda: len(self.channels["/z"]) == 4)
+        message = "the same news, again and again. " * 40
+        with mock.patch.object(wsgihost.PerMessageDeflate, "compress", autospec=True,
+                               side_effect=wsgihost.PerMessageDeflate.compress) as compress:
+            for _ in range(2):
+                self.assertEqual(self.channels["/z"].broadcast(message), 4)
+            raw = {}
+            for name, c in [("plain", plain), ("takeover", takeover), ("fresh0", fresh[0]), ("fresh1", fresh[1])]:
+                raw[name] = [c.recv_frame() + (c.rsv1,) for _ in range(2)]
+        self.assertEqual(raw["plain"], [(Opcode.TEXT, message.encode(), False)] * 2)
+        inflater = zlib.decompressobj(-15)                      # one history: takeover
+        self.assertEqual([inflater.decompress(p + b"\x00\x00\xff\xff") for _, p, _ in raw["takeover"]],
+                         [message.encode()] * 2)
+        self.assertLess(len(raw["takeover"][1][1]), len(raw["takeover"][0][1]))    # refers to the first
+        self.assertEqual(raw["fresh0"], raw["fresh1"])          # the same bytes for both ...
+        self.assertEqual(raw["fresh0"][0], raw["fresh0"][1])    # ... and for each message
+        self.assertEqual(zlib.decompressobj(-15).decompress(raw["fresh0"][0][1] + b"\x00\x00\xff\xff"),
+                         message.encode())
+        # compressed once per broadcast for both "fresh" clients, once for "takeover"
+        self.assertEqual(compress.call_count, 4)
+
+    def test_a_path_without_compression_declines_the_offer(self):
+        c = self.client("/plain")
+        self.assertIsNone(c.agreed)
+        c.send_text("hi")
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, b"hi", False))
+        self.assertEqual(self.channels["/plain"].clients[0].deflate, None)
+
+    def test_a_malformed_extensions_field_is_400_where_compression_is_on(self):
+        bad = [("Sec-WebSocket-Extensions", "permessage-deflate;")]
+        self.assertEqual(self.client("/z", cls=WSClient, headers=bad).status, 400)
+        self.assertEqual(self.client("/plain", cls=WSClient, headers=bad).status, 101)    # not read there
+
+    def test_the_websocket_knows_what_was_agreed(self):
+        self.client(offer="permessage-deflate; client_no_context_takeover; server_max_window_bits=10")
+        self.wait_for(lambda: len(self.channels["/z"]) == 1)
+        self.assertEqual(self.channels["/z"].clients[0].deflate, wsgihost.DeflateParams(False, True, 10, 15, 5))
+
+
+class WebSocketFragmentTests(WebSocketNodeCase):
+    """Issue 9: a message costs the same memory however it is framed, and its
+    fragments are bounded in number, empty ones included."""
+
+    def test_fragments_per_message_bounded_at_n_and_n_plus_1(self):
+        with mock.patch.object(wsgihost, "MAX_MESSAGE_FRAGMENTS", 100):
+            for path in ("/plain", "/z"):
+                with self.subTest(path=path):
+                    c = self.client(path)
+                    frames = [build_frame(Opcode.TEXT, b"a", False, b"abcd")]
+                    frames += [build_frame(Opcode.CONTINUATION, b"a", False, b"abcd")] * 98
+                    c.sock.sendall(b"".join(frames + [build_frame(Opcode.CONTINUATION, b"a", True, b"abcd")]))
+                    self.assertEqual(c.recv_message()[:2], (Opcode.TEXT, b"a" * 100))
+                    c.sock.sendall(b"".join(frames + [build_frame(Opcode.CONTINUATION, b"a", False, b"abcd"),
+                                                      build_frame(Opcode.CONTINUATION, b"a", True, b"abcd")]))
+                    self.assertEqual(c.expect_close(), 1009)
+
+    def test_a_flood_of_empty_fragments_is_closed_with_1009(self):
+        c = self.client("/plain")
+        mask = b"abcd"
+        c.sock.settimeout(60)
+        c.sock.sendall(b"\x02\x80" + mask + (b"\x00\x80" + mask) * wsgihost.MAX_MESSAGE_FRAGMENTS)
+        self.assertEqual(c.expect_close(), 1009)
+
+    def test_a_message_in_tiny_fragments_costs_no_memory_per_fragment(self):
+        c = self.client("/plain")
+        count, piece = 16384, 2                                 # a 32 KiB message
+        mask = b"\x00\x00\x00\x00"                              # masked with zeros: the bytes as they are
+        data = os.urandom(count * piece)
+        middle = range(piece, len(data) - piece, piece)
+        frames = b"".join([b"\x02\x82" + mask + data[:piece]] +
+                          [b"\x00\x82" + mask + data[i:i + piece] for i in middle] +
+                          [b"\x80\x82" + mask + data[-piece:]])
+        c.sock.settimeout(60)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        c.sock.sendall(frames)
+        self.assertEqual(c.recv_message(), (Opcode.BINARY, data, False))
+        peak = tracemalloc.get_traced_memory()[1]
+        # The message and its few copies take ~0.3 MiB at the peak, both ends
+        # of the connection counted; 16,384 pieces kept apart would add 1.7.
+        self.assertLess(peak, 1 << 20)
+
 
 # -----------------------------------------------------------------------------
 # 8a. Static files, redirects and JSON values
@@ -2601,7 +3033,7 @@ class StaticSocketTests(unittest.TestCase):
         def counting_sendfile(*args):
             calls.append(args[2:])          # (offset, count)
             return real_sendfile(*args)
-        with unittest.mock.patch.object(os, "sendfile", counting_sendfile):
+        with mock.patch.object(os, "sendfile", counting_sendfile):
             status, headers, body = self.request("GET", "/static/hello.txt")
             self.assertEqual((status, body), (200, HELLO))
             sock = self.conn.sock
@@ -3813,8 +4245,52 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError(web_config({"ws": {"type": "websocket", "options": {"protocol": ["x"]}}}),
                                '.crossbar/config.json: workers[0].transports[0].paths["ws"].options: unknown '
                                'key "protocol" (expected one of: allowed_origins, auto_ping_interval, '
-                               'auto_ping_timeout, close_handshake_timeout, max_frame_size, max_message_size, '
-                               'max_send_queue, protocols)')
+                               'auto_ping_timeout, close_handshake_timeout, compression, max_frame_size, '
+                               'max_message_size, max_send_queue, protocols)')
+
+    def test_compression_is_off_unless_deflate_is_given(self):
+        def compression(options):
+            transport = wsgihost.build_transports(web_config({"ws": {"type": "websocket", "options": options}}))[0]
+            return dict(transport.root.services())["/ws"].options.compression
+        self.assertIsNone(compression({}))                      # as in Crossbar: absent is off
+        self.assertIsNone(compression({"compression": {}}))
+        self.assertEqual(compression({"compression": {"deflate": {}}}),
+                         wsgihost.DeflateOptions(False, 12, False, 12, 5))
+        self.assertEqual(compression({"compression": {"deflate": {
+            "request_no_context_takeover": True, "request_max_window_bits": 0, "no_context_takeover": True,
+            "max_window_bits": 15, "memory_level": 9}}}), wsgihost.DeflateOptions(True, 0, True, 15, 9))
+
+    def test_compression_options_validated(self):
+        where = '.crossbar/config.json: workers[0].transports[0].paths["ws"].options.compression'
+        for compression, message in [
+                ([], ": expected an object, got a list []"),
+                ({"gzip": {}}, ': unknown key "gzip" (expected one of: deflate)'),
+                ({"deflate": True}, ".deflate: expected an object, got a boolean true"),
+                ({"deflate": {"window_bits": 10}}, '.deflate: unknown key "window_bits" (expected one of: '
+                 'max_window_bits, memory_level, no_context_takeover, request_max_window_bits, '
+                 'request_no_context_takeover)'),
+                ({"deflate": {"request_no_context_takeover": 1}},
+                 ".deflate.request_no_context_takeover: expected true or false, got a number 1"),
+                ({"deflate": {"no_context_takeover": "yes"}},
+                 '.deflate.no_context_takeover: expected true or false, got a string "yes"'),
+                ({"deflate": {"request_max_window_bits": 7}},
+                 ".deflate.request_max_window_bits: must be 0 (ask nothing) or 8 to 15, got 7"),
+                ({"deflate": {"request_max_window_bits": 16}},
+                 ".deflate.request_max_window_bits: must be 0 (ask nothing) or 8 to 15, got 16"),
+                ({"deflate": {"max_window_bits": 16}}, ".deflate.max_window_bits: must be 8 to 15, got 16"),
+                ({"deflate": {"max_window_bits": 0}}, ".deflate.max_window_bits: must be 8 to 15, got 0"),
+                ({"deflate": {"max_window_bits": 12.0}}, ".deflate.max_window_bits: expected an integer, got a "
+                 "number 12.0"),
+                ({"deflate": {"memory_level": 0}}, ".deflate.memory_level: must be 1 to 9, got 0"),
+                ({"deflate": {"memory_level": 10}}, ".deflate.memory_level: must be 1 to 9, got 10")]:
+            with self.subTest(compression=compression):
+                self.assertConfigError(web_config({"ws": {"type": "websocket",
+                                                          "options": {"compression": compression}}}),
+                                       where + message)
+        for value in (0, 8, 15):                                # the ends of the ranges are accepted
+            wsgihost.build_transports(web_config({"ws": {"type": "websocket", "options": {"compression": {
+                "deflate": {"request_max_window_bits": value, "max_window_bits": max(value, 8),
+                            "memory_level": 1 + value // 2}}}}}))
 
     def test_pythonpath_relative_to_cbdir(self):
         with tempfile.TemporaryDirectory() as project:
@@ -4444,6 +4920,16 @@ class BrowserTests(unittest.TestCase):
         self.addCleanup(node.stop, 1)
         port = node.transports[0].port
         channel = node.transports[0].channels["/ws"]
+        inflated = []                   # what the server inflated: the page's messages, compressed
+        decompress = wsgihost.PerMessageDeflate.decompress
+
+        def recording_decompress(codec, data, limit, end=False):
+            for out in decompress(codec, data, limit, end):
+                inflated.append(out)
+                yield out
+        patcher = mock.patch.object(wsgihost.PerMessageDeflate, "decompress", recording_decompress)
+        patcher.start()
+        self.addCleanup(patcher.stop)
         profile = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, profile, True)
         browser = ChromiumPipe(executable, os.path.join(profile, "profile"),
@@ -4474,6 +4960,12 @@ class BrowserTests(unittest.TestCase):
             time.sleep(0.05)
         self.assertEqual(state["status"], "connected")
         self.assertEqual(sorted(state["messages"]), ["from-page", "from-post"])    # either order
+        # examples/chat turns compression on: Chromium negotiated permessage-deflate,
+        # its frame came with RSV1 (or the server would not have inflated it) and
+        # the page read what the server sent compressed.
+        client = channel.clients[0]
+        self.assertIsNotNone(client.deflate)
+        self.assertIn(b"from-page", b"".join(inflated))
 
 
 class RESPTests(unittest.TestCase):

@@ -21,7 +21,8 @@ What it implements:
   a strict parser that refuses every ambiguous message (request smuggling).
 - RFC 6455 (WebSocket) on ``websocket`` paths: a broadcast channel by default,
   or a handler of yours; WSGI apps broadcast through
-  ``environ["wsgihost.channels"]``. Autobahn|Testsuite cases 1-10 pass.
+  ``environ["wsgihost.channels"]``. RFC 7692 (permessage-deflate) where the
+  path's options turn it on. Autobahn|Testsuite cases 1-13 pass.
 - Crossbar.io's node config: router workers, web transports on TCP, paths
   dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints,
   ``static`` files (conditional and range requests, RFC 9110 §13-14),
@@ -30,8 +31,8 @@ What it implements:
 - TLS endpoints (https, wss), with client certificates.
 - Connections that wait cost a socket in one selector, not a thread.
 
-What it does not do (yet): unix sockets, HTTP/2, permessage-deflate, and the
-WAMP router that Crossbar also is.
+What it does not do (yet): unix sockets, HTTP/2, and the WAMP router that
+Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
@@ -43,7 +44,7 @@ wsgihost.py`` prints this map:
      5. The WSGI environ                          (pure)
      6. The WSGI response: start_response, write, framing
      7. The connection: one request at a time
-     8. WebSocket (RFC 6455): handshake, frames, messages, channels
+     8. WebSocket (RFC 6455, RFC 7692): handshake, frames, compression, channels
     8a. Static files, redirects and JSON values   (plain WSGI apps)
      9. Path dispatch and app loading
     10. Configuration
@@ -100,6 +101,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from urllib.parse import quote, unquote, urlsplit
 
 __version__ = "0.1.0"
@@ -199,6 +201,28 @@ CLOSE_HANDSHAKE_TIMEOUT = 1.0
 #: connection is dropped. Browsers answer pings by themselves.
 AUTO_PING_INTERVAL = 30.0
 AUTO_PING_TIMEOUT = 30.0
+#: Frames in one message, empty ones included. Each frame costs work whatever
+#: its size, so a message in 2-byte pieces, or an endless run of empty ones,
+#: is bounded by count and not only by max_message_size. Answer: close 1009
+#: (RFC 6455 §7.4.1: a message "too big for it to process"). Autobahn 9.3.1
+#: sends 4 MiB in 65,536 fragments; browsers send a message in one frame.
+MAX_MESSAGE_FRAGMENTS = 128 * 1024
+
+# permessage-deflate (RFC 7692), on a websocket path whose options say
+# "compression": {"deflate": {...}}; defaults for the keys Crossbar names.
+# zlib's own defaults (a 32 KiB window, memLevel 8) cost about 200 KiB per
+# connection for the compressor and 40 KiB for the decompressor; these (the
+# `websockets` library's) about 38 KiB and 11 KiB, for a ratio a little worse.
+#: Window of our compressor, in bits: 2**12 = 4 KiB ("max_window_bits").
+DEFLATE_MAX_WINDOW_BITS = 12
+#: Window asked of the client's compressor ("request_max_window_bits"; 0: ask nothing).
+DEFLATE_REQUEST_MAX_WINDOW_BITS = 12
+#: zlib's memLevel for our compressor, 1-9 ("memory_level").
+DEFLATE_MEMORY_LEVEL = 5
+#: Inflated bytes asked of zlib at once: a message is inflated in steps, so a
+#: small frame that would inflate to gigabytes (a "decompression bomb") costs
+#: at most max_message_size before its close 1009.
+INFLATE_STEP = 256 * 1024
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
@@ -1703,7 +1727,7 @@ def _log_escape(text: str) -> str:
 
 
 # =============================================================================
-# 8. WebSocket (RFC 6455): handshake, frames, messages, channels
+# 8. WebSocket (RFC 6455, RFC 7692): handshake, frames, compression, channels
 # =============================================================================
 # A "websocket" path answers a valid opening handshake (§4.2) with 101, and
 # the HTTP connection becomes a WebSocket for the rest of its life. The
@@ -1715,6 +1739,17 @@ def _log_escape(text: str) -> str:
 #
 # The frame functions are pure, like the HTTP parser: bytes in, values out,
 # or a WebSocketError carrying the close code to send (§7.4.1).
+#
+# Compression (RFC 7692, permessage-deflate) is negotiated in the handshake by
+# a pure function: the client's offers in, the agreed parameters and our
+# answer out. Then each data message is one raw DEFLATE stream piece, flagged
+# by RSV1 on its first frame. Ours are compressed by the writer thread, in
+# the order they go out, because with "context takeover" each message may
+# refer back to the ones before it; the client's are inflated as their bytes
+# arrive, in steps, so max_message_size bounds the *inflated* size and a
+# decompression bomb costs no more than an honest message. A message is
+# assembled in one bytearray whatever its framing: fragments cost no memory
+# of their own, and MAX_MESSAGE_FRAGMENTS bounds their number.
 
 WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"      # RFC 6455 §1.3
 
@@ -1808,20 +1843,166 @@ def check_websocket_handshake(environ: dict, options: WebSocketOptions):
     return websocket_accept(key), protocol
 
 
+# RFC 6455 §9.1: Sec-WebSocket-Extensions = 1#extension, where
+# extension = extension-token *( ";" extension-param ) and
+# extension-param = token [ "=" (token | quoted-string) ], with optional
+# whitespace around the separators (RFC 9110 §5.6.1, §5.6.6).
+_TOKEN = "[%s]+" % _TCHAR.decode("ascii")
+_EXTENSION_RE = re.compile(r'(%s)((?:[ \t]*;[ \t]*%s(?:[ \t]*=[ \t]*(?:%s|"(?:[^"\\]|\\.)*"))?)*)'
+                           % (_TOKEN, _TOKEN, _TOKEN))
+_EXTENSION_PARAM_RE = re.compile(r'[ \t]*;[ \t]*(%s)(?:[ \t]*=[ \t]*(?:(%s)|"((?:[^"\\]|\\.)*)"))?'
+                                 % (_TOKEN, _TOKEN))
+# RFC 7692 §7.1.2.1 and §7.1.2.2: "a decimal integer value without leading
+# zeroes between 8 to 15, inclusive".
+_WINDOW_BITS_RE = re.compile("[89]|1[0-5]")
+#: RFC 7692 §7.2.1: a message's compressed data, before the sender strips
+#: them, ends with these 4 bytes (an empty stored block); §7.2.2: the
+#: receiver appends them again.
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def parse_extension_offers(value: str) -> list:
+    """The offers of a Sec-WebSocket-Extensions field (RFC 6455 §9.1), in order:
+    ``[(name, [(param, value or None), ...]), ...]``, quoted values unquoted.
+
+    Raises HTTPError 400 for a field that does not follow the grammar (RFC
+    6455 §4.2.1: a handshake that does not match is answered with 400).
+    """
+    offers = []
+    pos, end = 0, len(value)
+    while pos < end:
+        if value[pos] in " \t,":            # RFC 9110 §5.6.1: empty list elements are allowed
+            pos += 1
+            continue
+        match = _EXTENSION_RE.match(value, pos)
+        pos = match.end() if match else pos
+        while pos < end and value[pos] in " \t":
+            pos += 1
+        if match is None or pos < end and value[pos] != ",":
+            raise HTTPError(400, "Sec-WebSocket-Extensions %s is not a list of extensions with "
+                            "parameters (RFC 6455 §9.1)" % _show(value))
+        params = [(m.group(1), m.group(2) if m.group(3) is None else re.sub(r"\\(.)", r"\1", m.group(3)))
+                  for m in _EXTENSION_PARAM_RE.finditer(match.group(2))]
+        offers.append((match.group(1), params))
+    return offers
+
+
+class DeflateOptions(collections.namedtuple("DeflateOptions", (
+        "request_no_context_takeover", "request_max_window_bits", "no_context_takeover",
+        "max_window_bits", "memory_level"))):
+    """A websocket path's "compression": {"deflate": {...}}, with Crossbar's keys.
+
+    ``request_*`` is what we ask of the client's compressor (the window, in
+    bits, or 0 to ask nothing); the others are our own compressor's settings.
+    """
+
+
+DeflateOptions.__new__.__defaults__ = (False, DEFLATE_REQUEST_MAX_WINDOW_BITS, False,
+                                       DEFLATE_MAX_WINDOW_BITS, DEFLATE_MEMORY_LEVEL)
+
+
+class DeflateParams(collections.namedtuple("DeflateParams", (
+        "server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits",
+        "client_max_window_bits", "memory_level"))):
+    """The permessage-deflate parameters agreed with one client (RFC 7692 §7.1):
+    whether each side starts every message afresh, each side's window in bits,
+    and our compressor's memLevel."""
+
+
+def negotiate_permessage_deflate(value, options: DeflateOptions):
+    """Accept the first acceptable permessage-deflate offer of a
+    Sec-WebSocket-Extensions field ``value`` (RFC 7692 §5, §7.1).
+
+    Returns (DeflateParams, the Sec-WebSocket-Extensions value to answer), or
+    None when no offer is acceptable (the connection is then uncompressed).
+    HTTPError 400 for a field that does not parse (parse_extension_offers).
+    """
+    for name, params in parse_extension_offers(value or ""):
+        if name == "permessage-deflate":
+            accepted = _accept_deflate_offer(params, options)
+            if accepted is not None:
+                return accepted
+    return None
+
+
+def _accept_deflate_offer(params: list, options: DeflateOptions):
+    """One offer's parameters -> (DeflateParams, answer), or None to decline it.
+
+    RFC 7692 §7: "A server MUST decline an extension negotiation offer for
+    this extension if ... an extension parameter not defined for use in an
+    offer ... an extension parameter with an invalid value ... multiple
+    extension parameters with the same name ... the server doesn't support
+    the offered configuration." Declining one offer leaves the next to try.
+    """
+    offer = dict(params)
+    if len(offer) < len(params):
+        return None                                     # a parameter named twice
+    for name, value in offer.items():
+        if name in ("server_no_context_takeover", "client_no_context_takeover"):
+            valid = value is None                       # §7.1.1: these have no value
+        elif name == "server_max_window_bits":
+            valid = value is not None and _WINDOW_BITS_RE.fullmatch(value)     # §7.1.2.1
+        elif name == "client_max_window_bits":
+            valid = value is None or _WINDOW_BITS_RE.fullmatch(value)         # §7.1.2.2
+        else:
+            valid = False                               # not defined for an offer
+        if not valid:
+            return None
+    # Our side. §7.1.1.1 and §7.1.2.1: a server honours the client's asking
+    # for server_no_context_takeover or a smaller server window, and may
+    # announce either even unasked, which lets the client's inflater hold less.
+    server_no_takeover = options.no_context_takeover or "server_no_context_takeover" in offer
+    # zlib (since 1.2.9) cannot deflate with a 256-byte window: a configured 8
+    # works as 9, and an offer that insists on 8 is one we do not support.
+    server_bits = max(options.max_window_bits, 9)
+    if "server_max_window_bits" in offer:
+        requested = int(offer["server_max_window_bits"])
+        if requested < 9:
+            return None
+        server_bits = min(server_bits, requested)
+    # The client's side. §7.1.1.2: we may always ask it not to take over
+    # context; its offering client_no_context_takeover is a promise not to, so
+    # we echo it and inflate each message afresh, holding no window between
+    # messages. §7.1.2.2: its window may be limited only if the offer has
+    # client_max_window_bits; without it (unlike Crossbar, which then declines
+    # the offer) the client is accepted with a window of up to 15 bits.
+    client_no_takeover = (options.request_no_context_takeover
+                          or "client_no_context_takeover" in offer)
+    client_bits = 15
+    answer_client_bits = None
+    if "client_max_window_bits" in offer:
+        if offer["client_max_window_bits"] is not None:
+            client_bits = int(offer["client_max_window_bits"])
+        if options.request_max_window_bits:
+            client_bits = answer_client_bits = min(client_bits, options.request_max_window_bits)
+    answer = ["permessage-deflate"]
+    if server_no_takeover:
+        answer.append("server_no_context_takeover")
+    if client_no_takeover:
+        answer.append("client_no_context_takeover")
+    if server_bits < 15 or "server_max_window_bits" in offer:
+        answer.append("server_max_window_bits=%d" % server_bits)
+    if answer_client_bits is not None:
+        answer.append("client_max_window_bits=%d" % answer_client_bits)
+    return (DeflateParams(server_no_takeover, client_no_takeover, server_bits, client_bits,
+                          options.memory_level), "; ".join(answer))
+
+
 class FrameHeader:
     """A parsed frame header (RFC 6455 §5.2)."""
 
-    __slots__ = ("fin", "opcode", "payload_len", "mask")
+    __slots__ = ("fin", "opcode", "payload_len", "mask", "rsv1")
 
-    def __init__(self, fin: bool, opcode: int, payload_len: int, mask):
+    def __init__(self, fin: bool, opcode: int, payload_len: int, mask, rsv1: bool = False):
         self.fin = fin
         self.opcode = opcode
         self.payload_len = payload_len
         self.mask = mask            # 4 bytes, or None if the frame is not masked
+        self.rsv1 = rsv1            # RFC 7692 §6: the message is compressed
 
     def __repr__(self) -> str:
-        return "FrameHeader(fin=%r, opcode=%r, payload_len=%r, mask=%r)" % (
-            self.fin, self.opcode, self.payload_len, self.mask)
+        return "FrameHeader(fin=%r, opcode=%r, payload_len=%r, mask=%r, rsv1=%r)" % (
+            self.fin, self.opcode, self.payload_len, self.mask, self.rsv1)
 
 
 def frame_header_size(first_two: bytes) -> int:
@@ -1831,15 +2012,25 @@ def frame_header_size(first_two: bytes) -> int:
     return size + 4 if first_two[1] & 0x80 else size
 
 
-def parse_frame_header(header: bytes, max_payload: int = None, require_mask: bool = True) -> FrameHeader:
-    """Parse a complete frame header; WebSocketError for every violation of §5."""
+def parse_frame_header(header: bytes, max_payload: int = None, require_mask: bool = True,
+                       compression: bool = False) -> FrameHeader:
+    """Parse a complete frame header; WebSocketError for every violation of §5.
+
+    ``compression``: permessage-deflate was negotiated, so RSV1 may mark the
+    first frame of a compressed message (RFC 7692 §6).
+    """
     b0, b1 = header[0], header[1]
-    if b0 & 0x70:
+    if b0 & 0x30 or b0 & 0x40 and not compression:
         raise WebSocketError(CloseCode.PROTOCOL_ERROR,
                              "reserved bits set with no extension negotiated (RFC 6455 §5.2)")
     opcode = b0 & 0x0F
     if opcode not in _OPCODES:
         raise WebSocketError(CloseCode.PROTOCOL_ERROR, "reserved opcode 0x%X (RFC 6455 §5.2)" % opcode)
+    if b0 & 0x40 and (opcode == Opcode.CONTINUATION or opcode >= 0x8):
+        # RFC 7692 §6: "An endpoint MUST NOT set the 'Per-Message Compressed'
+        # bit of control frames and non-first fragments of a data message."
+        raise WebSocketError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a %s frame (RFC 7692 §6)"
+                             % ("continuation" if opcode == Opcode.CONTINUATION else "control"))
     fin = bool(b0 & 0x80)
     length = b1 & 0x7F
     pos = 2
@@ -1872,7 +2063,7 @@ def parse_frame_header(header: bytes, max_payload: int = None, require_mask: boo
         mask = None
     if max_payload is not None and length > max_payload:
         raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "frame of %d bytes, over the limit" % length)
-    return FrameHeader(fin, opcode, length, mask)
+    return FrameHeader(fin, opcode, length, mask, bool(b0 & 0x40))
 
 
 def apply_mask(payload: bytes, mask: bytes) -> bytes:
@@ -1888,10 +2079,12 @@ def apply_mask(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
 
 
-def build_frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bytes = None) -> bytes:
-    """Serialize a frame: unmasked as a server sends it, or masked with ``mask`` as a client does."""
+def build_frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bytes = None,
+                rsv1: bool = False) -> bytes:
+    """Serialize a frame: unmasked as a server sends it, or masked with ``mask`` as a client does.
+    ``rsv1`` marks the first frame of a compressed message (RFC 7692 §6)."""
     length = len(payload)
-    b0 = (0x80 if fin else 0) | opcode
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
     mask_bit = 0x80 if mask else 0
     if length < 126:
         header = bytes((b0, mask_bit | length))
@@ -1904,12 +2097,12 @@ def build_frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bytes
     return header + payload
 
 
-def parse_frame(data: bytes, require_mask: bool = True):
+def parse_frame(data: bytes, require_mask: bool = True, compression: bool = False):
     """(FrameHeader, unmasked payload, bytes used) from ``data``, or None if incomplete."""
     if len(data) < 2 or len(data) < frame_header_size(data):
         return None
     size = frame_header_size(data)
-    header = parse_frame_header(data[:size], require_mask=require_mask)
+    header = parse_frame_header(data[:size], require_mask=require_mask, compression=compression)
     end = size + header.payload_len
     if len(data) < end:
         return None
@@ -1943,14 +2136,96 @@ def parse_close_payload(payload: bytes):
     return code, reason
 
 
-def build_message_frame(message) -> bytes:
-    """One unfragmented frame carrying ``message``: TEXT for str, BINARY for bytes."""
+def message_payload(message):
+    """(opcode, payload) of a message: TEXT and UTF-8 for str, BINARY for bytes."""
     if isinstance(message, str):
-        return build_frame(Opcode.TEXT, message.encode("utf-8"))
+        return Opcode.TEXT, message.encode("utf-8")
     if isinstance(message, (bytes, bytearray, memoryview)):
-        return build_frame(Opcode.BINARY, bytes(message))
+        return Opcode.BINARY, bytes(message)
     raise TypeError("a WebSocket message is str (text) or bytes (binary), not %s"
                     % type(message).__name__)
+
+
+def build_message_frame(message) -> bytes:
+    """One unfragmented, uncompressed frame carrying ``message``."""
+    return build_frame(*message_payload(message))
+
+
+class PerMessageDeflate:
+    """The permessage-deflate codec of one connection (RFC 7692 §7.2), for
+    the DeflateParams agreed in its handshake.
+
+    ``compress(data)`` gives a message's payload; ``decompress(data, limit)``
+    inflates a piece of one as it arrives, ``end=True`` with its last piece.
+    With context takeover a side keeps its zlib object (and its window) from
+    message to message; without, it makes one per message and drops it after,
+    so an idle connection holds none. Either is made only when first needed.
+    """
+
+    def __init__(self, params: DeflateParams):
+        self.params = params
+        self._deflater = None
+        self._inflater = None
+
+    def compress(self, data: bytes) -> bytes:
+        """A message's payload: raw DEFLATE (no zlib header: negative wbits),
+        sync-flushed, without the 00 00 ff ff that ends it (§7.2.1)."""
+        deflater = self._deflater
+        if deflater is None:
+            deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED,
+                                        -self.params.server_max_window_bits, self.params.memory_level)
+        payload = deflater.compress(data) + deflater.flush(zlib.Z_SYNC_FLUSH)
+        self._deflater = None if self.params.server_no_context_takeover else deflater
+        return payload[:-4]         # a sync flush always ends with DEFLATE_TAIL
+
+    def decompress(self, data: bytes, limit: int, end: bool = False):
+        """Inflate a piece of a compressed message, yielding the bytes as they
+        come (§7.2.2); with ``end``, the DEFLATE_TAIL is appended after it.
+
+        WebSocketError 1009 once more than ``limit`` bytes would come out --
+        zlib is asked for INFLATE_STEP bytes at a time, so that is all a bomb
+        costs -- and 1002 for data that is not DEFLATE.
+        """
+        if self._inflater is None:
+            self._inflater = self._new_inflater()
+        for out in self._inflate(data, limit):
+            limit -= len(out)
+            yield out
+        if end:
+            yield from self._inflate(DEFLATE_TAIL, limit)
+            if self.params.client_no_context_takeover:
+                self._inflater = None
+
+    def _new_inflater(self):
+        # At least 9 bits: a client whose zlib refuses a 256-byte window
+        # (since 1.2.9) compresses with 512 bytes even when 8 was agreed.
+        return zlib.decompressobj(-max(self.params.client_max_window_bits, 9))
+
+    def _inflate(self, data: bytes, limit: int):
+        inflater = self._inflater
+        while True:
+            step = min(limit + 1, INFLATE_STEP)
+            try:
+                out = inflater.decompress(data, step)
+            except zlib.error as exc:
+                raise WebSocketError(CloseCode.PROTOCOL_ERROR, "compressed data is not DEFLATE "
+                                     "(RFC 7692 §7.2.2): %s" % exc) from None
+            if len(out) > limit:
+                raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message inflates past the limit")
+            limit -= len(out)
+            if out:
+                yield out
+            if inflater.eof:
+                # A block with BFINAL set ended the DEFLATE stream (§7.2.3.4):
+                # whatever follows it starts a new one.
+                data = inflater.unused_data
+                inflater = self._inflater = self._new_inflater()
+                if not data:
+                    return
+            else:
+                data = inflater.unconsumed_tail
+                if len(out) < step:     # all input used, nothing held back
+                    return
 
 
 class WebSocketOptions:
@@ -1960,7 +2235,8 @@ class WebSocketOptions:
                  max_frame_size=None, open_handshake_timeout=None,
                  close_handshake_timeout=CLOSE_HANDSHAKE_TIMEOUT * 1000,
                  auto_ping_interval=AUTO_PING_INTERVAL * 1000,
-                 auto_ping_timeout=AUTO_PING_TIMEOUT * 1000, max_send_queue=MAX_SEND_QUEUE):
+                 auto_ping_timeout=AUTO_PING_TIMEOUT * 1000, max_send_queue=MAX_SEND_QUEUE,
+                 compression: DeflateOptions = None):
         self.protocols = list(protocols)
         self.allowed_origins = list(allowed_origins)
         self.max_message_size = max_message_size
@@ -1970,6 +2246,7 @@ class WebSocketOptions:
         self.auto_ping_interval = auto_ping_interval / 1000.0       # 0: no pings
         self.auto_ping_timeout = auto_ping_timeout / 1000.0
         self.max_send_queue = max_send_queue
+        self.compression = compression      # None: permessage-deflate is declined
 
 
 class WebSocket:
@@ -1980,11 +2257,14 @@ class WebSocket:
     iterating gives the messages until then. ``send(message)`` and
     ``close(code, reason)`` may be called from any thread. ``environ`` is
     the handshake request's WSGI environ, ``channel`` the path's Channel,
-    ``protocol`` the subprotocol chosen, ``close_code`` how it ended.
+    ``protocol`` the subprotocol chosen, ``deflate`` the permessage-deflate
+    parameters agreed (DeflateParams, or None: uncompressed), ``close_code``
+    how it ended.
     """
 
     def __init__(self, sock, reader: SocketReader, environ: dict, channel: Channel,
-                 options: WebSocketOptions, protocol: str = None, send_timeout: float = CLIENT_TIMEOUT):
+                 options: WebSocketOptions, protocol: str = None, send_timeout: float = CLIENT_TIMEOUT,
+                 deflate: DeflateParams = None):
         self.sock = sock
         self.reader = reader
         self.environ = environ
@@ -1992,6 +2272,14 @@ class WebSocket:
         self.options = options
         self.protocol = protocol
         self.send_timeout = send_timeout
+        self.deflate = deflate
+        self._codec = PerMessageDeflate(deflate) if deflate else None
+        # Bytes received and not yet parsed, read from ``_pos`` on: frames are
+        # sliced out of one recv() at a time, never copied as a whole again.
+        self._buffer = reader.buffer if reader is not None else b""
+        self._pos = 0
+        if reader is not None:
+            reader.buffer = b""         # ours now
         self.close_code = None          # set once closed: the code received, or sent, or 1006
         self.close_reason = ""
         self._close_sent = False
@@ -2055,9 +2343,11 @@ class WebSocket:
             else:
                 while not (self._close_received or self._dead):
                     header = self._read_header(self.options.max_frame_size)
-                    payload = self._read_payload(header)
                     if header.opcode == Opcode.CLOSE:
-                        self._on_close(payload)
+                        self._on_close(self._read_control_payload(header))
+                    else:
+                        for _ in self._read_payload(header):
+                            pass
         except (WebSocketError, OSError):
             self._lose()
         self._writer.join(self.send_timeout + self.options.close_handshake_timeout)
@@ -2073,17 +2363,13 @@ class WebSocket:
 
     def receive(self):
         """The next message (str or bytes), or None when the connection is closed."""
-        opcode = None
-        parts = []
-        size = 0
-        decoder = None
-        max_size = self.options.max_message_size
+        opcode = None                   # of the message being received
         while not (self._close_received or self._dead):
             try:
                 header = self._read_header(self.options.max_frame_size)
                 op = header.opcode
                 if op >= Opcode.CLOSE:          # control frames, between fragments too (§5.4)
-                    payload = self._read_payload(header)
+                    payload = self._read_control_payload(header)
                     if op == Opcode.CLOSE:
                         self._on_close(payload)
                         return None
@@ -2100,14 +2386,14 @@ class WebSocket:
                     raise WebSocketError(CloseCode.PROTOCOL_ERROR,
                                          "new message inside a fragmented one (§5.4)")
                 else:
-                    opcode = op
-                    if op == Opcode.TEXT:
-                        decoder = codecs.getincrementaldecoder("utf-8")()
-                size += header.payload_len
-                if size > max_size:
-                    raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message over the limit of %d "
-                                         "bytes" % max_size)
-                parts.append(self._read_payload(header, decoder))
+                    opcode, message, fragments = op, bytearray(), 0
+                    compressed = header.rsv1            # RFC 7692 §6: set on the first frame
+                    decoder = codecs.getincrementaldecoder("utf-8")() if op == Opcode.TEXT else None
+                fragments += 1
+                if fragments > MAX_MESSAGE_FRAGMENTS:
+                    raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message in more than %d "
+                                         "fragments" % MAX_MESSAGE_FRAGMENTS)
+                self._read_data(header, message, compressed, decoder)
             except WebSocketError as exc:
                 self._fail(exc)
                 return None
@@ -2117,17 +2403,44 @@ class WebSocket:
                 return None
             if header.fin:
                 if self._close_sent:            # §5.5.1: closing; data is discarded
-                    opcode, parts, size, decoder = None, [], 0, None
+                    opcode = None
                     continue
-                if decoder is not None:
-                    return "".join(parts)
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                # (validated as it came: this decoding cannot fail)
+                return message.decode("utf-8") if decoder else bytes(message)
         return None
+
+    def _read_data(self, header: FrameHeader, message: bytearray, compressed: bool, decoder):
+        """Add a data frame's payload to ``message``: inflated if ``compressed``,
+        validated as UTF-8 as it comes if ``decoder``, so that a violation fails
+        the connection as soon as it is received, even mid-frame (§8.1)."""
+        limit = self.options.max_message_size
+        if not compressed and len(message) + header.payload_len > limit:
+            raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message over the limit of %d bytes" % limit)
+        codec = self._codec
+        for piece in self._read_payload(header):
+            for data in codec.decompress(piece, limit - len(message)) if compressed else (piece,):
+                if decoder is not None:
+                    self._validate(decoder, data)
+                message += data
+        if header.fin:
+            if compressed:                      # §7.2.2: the tail the sender stripped
+                for data in codec.decompress(b"", limit - len(message), end=True):
+                    if decoder is not None:
+                        self._validate(decoder, data)
+                    message += data
+            if decoder is not None:
+                self._validate(decoder, b"", True)
+
+    @staticmethod
+    def _validate(decoder, data: bytes, final: bool = False):
+        try:
+            decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
 
     def _read_header(self, max_payload) -> FrameHeader:
         """Read a frame header; wait through idle periods, pinging if configured."""
-        reader = self.reader
-        while not reader.buffer:
+        while self._pos >= len(self._buffer):
             try:
                 data = self.sock.recv(RECV_SIZE)
             except socket.timeout:
@@ -2135,43 +2448,65 @@ class WebSocket:
                 continue
             if not data:
                 raise ClientDisconnected("the client closed the connection")
-            reader.buffer = data
-        first = reader.read_exact(2)
+            self._buffer, self._pos = data, 0
+        first = self._read_exact(2)
         size = frame_header_size(first)
-        return parse_frame_header(first + reader.read_exact(size - 2) if size > 2 else first,
-                                  max_payload)
+        return parse_frame_header(first + self._read_exact(size - 2) if size > 2 else first,
+                                  max_payload, compression=self._codec is not None)
 
-    def _read_payload(self, header: FrameHeader, decoder=None):
-        """A frame's payload, unmasked: bytes, or str through ``decoder``.
-
-        Text is decoded piece by piece as it arrives, so invalid UTF-8 fails
-        the connection as soon as it is received, even mid-frame (§8.1).
-        """
-        length = header.payload_len
-        mask = header.mask
-        if decoder is None:
-            payload = self.reader.read_exact(length) if length else b""
-            return apply_mask(payload, mask) if mask else payload
-        parts = []
-        received = 0
-        while True:
-            piece = self.reader.read_some(length - received) if received < length else b""
-            if not piece and received < length:
+    def _read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes (a header, a control frame's payload)."""
+        buffer, pos = self._buffer, self._pos
+        if pos + size <= len(buffer):
+            self._pos = pos + size
+            return buffer[pos:pos + size]
+        parts = [buffer[pos:]]
+        missing = size - len(parts[0])
+        self._buffer, self._pos = b"", 0
+        while missing:
+            data = self.sock.recv(RECV_SIZE)
+            if not data:
                 raise ClientDisconnected("the client closed the connection mid-frame")
-            if mask and piece:
-                turn = received % 4     # the mask continues where the last piece stopped
-                piece = apply_mask(piece, mask[turn:] + mask[:turn])
-            received += len(piece)
-            try:
-                parts.append(decoder.decode(piece, header.fin and received == length))
-            except UnicodeDecodeError as exc:
-                raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
-            if received == length:
-                return "".join(parts)
+            if len(data) > missing:
+                self._buffer, self._pos = data, missing
+                data = data[:missing]
+            parts.append(data)
+            missing -= len(data)
+        return b"".join(parts)
 
-    def _read_frame(self, max_payload):
-        header = self._read_header(max_payload)
-        return header, self._read_payload(header)
+    def _read_some(self, limit: int) -> bytes:
+        """1 to ``limit`` bytes: from the buffer, else a large read straight
+        from the socket, else (few bytes wanted) a refill of the buffer."""
+        buffer, pos = self._buffer, self._pos
+        if pos >= len(buffer):
+            if limit >= RECV_SIZE:
+                data = self.sock.recv(min(limit, MAX_RECV_SIZE))
+                if not data:
+                    raise ClientDisconnected("the client closed the connection mid-frame")
+                return data
+            buffer, pos = self.sock.recv(RECV_SIZE), 0
+            if not buffer:
+                raise ClientDisconnected("the client closed the connection mid-frame")
+            self._buffer = buffer
+        end = min(len(buffer), pos + limit)
+        self._pos = end
+        return buffer[pos:end]
+
+    def _read_payload(self, header: FrameHeader):
+        """A frame's payload, unmasked, in pieces as they arrive (none if empty)."""
+        mask = header.mask
+        received, length = 0, header.payload_len
+        while received < length:
+            piece = self._read_some(length - received)
+            if mask:
+                turn = received % 4     # the mask goes on where the last piece stopped
+                piece = apply_mask(piece, mask[turn:] + mask[:turn] if turn else mask)
+            received += len(piece)
+            yield piece
+
+    def _read_control_payload(self, header: FrameHeader) -> bytes:
+        payload = self._read_exact(header.payload_len)      # at most 125 bytes (§5.5)
+        return apply_mask(payload, header.mask) if header.mask else payload
 
     def _on_idle(self):
         """No frame for a while: ping (auto_ping_interval); no pong in time: drop."""
@@ -2224,7 +2559,9 @@ class WebSocket:
         """Send a message (str: text, bytes: binary). Waits while this client's
         send queue is full (up to the send timeout, then the client is dropped).
         Raises ClientDisconnected if the connection is closed."""
-        if not self._enqueue(build_message_frame(message)):
+        opcode, payload = message_payload(message)
+        item = (opcode, payload) if self._codec else build_frame(opcode, payload)
+        if not self._enqueue(item):
             raise ClientDisconnected("the WebSocket is closed")
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = ""):
@@ -2271,19 +2608,22 @@ class WebSocket:
             timer.daemon = True
             timer.start()
 
-    def _enqueue(self, frame: bytes, block: bool = True) -> bool:
+    def _enqueue(self, item, block: bool = True) -> bool:
         """Queue a frame for the writer thread; False if the connection is closed.
 
+        ``item`` is a frame's bytes, or (opcode, payload) for a message the
+        writer compresses as it sends it (the queue counts it uncompressed).
         A full queue (over max_send_queue bytes; one message always fits an
         empty queue) drops the client at once if ``block`` is false (a
         broadcast), else after waiting send_timeout seconds for room.
         """
         cond = self._cond
         limit = self.options.max_send_queue
+        size = len(item) if isinstance(item, bytes) else len(item[1])
         with cond:
             if block:
                 deadline = time.monotonic() + self.send_timeout
-                while (self._queue and self._queued_bytes + len(frame) > limit
+                while (self._queue and self._queued_bytes + size > limit
                        and not (self._close_sent or self._dead)):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -2291,9 +2631,9 @@ class WebSocket:
                     cond.wait(remaining)
             if self._close_sent or self._dead:
                 return False
-            if not self._queue or self._queued_bytes + len(frame) <= limit:
-                self._queue.append(frame)
-                self._queued_bytes += len(frame)
+            if not self._queue or self._queued_bytes + size <= limit:
+                self._queue.append(item)
+                self._queued_bytes += size
                 cond.notify_all()
                 return True
         self._drop(CloseCode.POLICY_VIOLATION, "too slow: send queue over %d bytes" % limit)
@@ -2314,6 +2654,10 @@ class WebSocket:
                 last = self._close_sent         # the Close is always the last frame queued
                 drop = self._drop_after_close
                 cond.notify_all()               # room for senders waiting
+            # Compressed here, in the order they go out: with context takeover
+            # each message may refer back to the ones sent before it.
+            frames = [item if isinstance(item, bytes) else
+                      build_frame(item[0], self._codec.compress(item[1]), rsv1=True) for item in frames]
             try:
                 send_all(self.sock, frames[0] if len(frames) == 1 else b"".join(frames))
             except OSError as exc:
@@ -2352,11 +2696,32 @@ class Channel:
             return list(self._clients)
 
     def broadcast(self, message) -> int:
-        """Send ``message`` (str or bytes) to every client; return how many."""
-        frame = build_message_frame(message)
+        """Send ``message`` (str or bytes) to every client; return how many.
+
+        Built once for all uncompressed clients, and compressed once for all
+        those that agreed on server_no_context_takeover with the same window
+        and memLevel: each of their messages starts from an empty history, so
+        the same bytes serve them all. With context takeover each client's
+        compressor has its own history -- the messages it was sent before --
+        so its writer thread compresses the message for it alone.
+        """
+        opcode, payload = message_payload(message)
+        frames = {}                     # None (uncompressed) or (bits, memLevel) -> frame
         with self._lock:
             clients = list(self._clients)
             for client in clients:
+                params = client.deflate
+                if params is None:
+                    key = None
+                elif params.server_no_context_takeover:
+                    key = (params.server_max_window_bits, params.memory_level)
+                else:
+                    client._enqueue((opcode, payload), block=False)     # its writer compresses it
+                    continue
+                frame = frames.get(key)
+                if frame is None:
+                    frame = frames[key] = (build_frame(opcode, payload) if key is None else build_frame(
+                        opcode, PerMessageDeflate(params).compress(payload), rsv1=True))
                 client._enqueue(frame, block=False)
         return len(clients)
 
@@ -2392,6 +2757,10 @@ class WebSocketService:
             return
         try:
             accept, protocol = check_websocket_handshake(environ, self.options)
+            # A path without compression speaks no extension: it does not
+            # read the field at all (RFC 6455 §9.1: nothing is agreed).
+            agreed = self.options.compression and negotiate_permessage_deflate(
+                environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"), self.options.compression)
         except HTTPError as exc:
             if exc.status != 426:
                 response.keep_alive = False
@@ -2401,12 +2770,14 @@ class WebSocketService:
                 b"Sec-WebSocket-Accept: " + accept.encode("ascii")]
         if protocol:
             head.append(b"Sec-WebSocket-Protocol: " + protocol.encode("latin-1"))
+        if agreed:
+            head.append(b"Sec-WebSocket-Extensions: " + agreed[1].encode("ascii"))
         response.headers_set = ResponseHead(101, b"101 Switching Protocols", b"", None, True, True)
         response.headers_sent = True
         response.keep_alive = False             # after the WebSocket, the connection ends
         conn.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
         websocket = WebSocket(conn.sock, conn.reader, environ, self.channel, self.options, protocol,
-                              conn.transport.limits.client_timeout)
+                              conn.transport.limits.client_timeout, agreed[0] if agreed else None)
         websocket.run(self.handler)
 
 # =============================================================================
@@ -3082,10 +3453,20 @@ WEBSOCKET_OPTIONS = {
     "auto_ping_interval": (AUTO_PING_INTERVAL * 1000, "ms"),
     "auto_ping_timeout": (AUTO_PING_TIMEOUT * 1000, "ms > 0"),
     "max_send_queue": (MAX_SEND_QUEUE, "size"),
+    "compression": (None, "compression"),
+}
+#: The keys of a websocket path's "compression": {"deflate": {...}}, as in
+#: Crossbar: name -> (default, lowest, highest) (a bool's range is None).
+DEFLATE_OPTIONS = {
+    "request_no_context_takeover": (False, None, None),
+    "request_max_window_bits": (DEFLATE_REQUEST_MAX_WINDOW_BITS, 8, 15),     # or 0
+    "no_context_takeover": (False, None, None),
+    "max_window_bits": (DEFLATE_MAX_WINDOW_BITS, 8, 15),
+    "memory_level": (DEFLATE_MEMORY_LEVEL, 1, 9),
 }
 #: Crossbar's websocket options that have no meaning here: accepted, with a warning.
 IGNORED_WEBSOCKET_OPTIONS = (
-    "open_handshake_timeout", "compression", "require_websocket_subprotocol", "enable_webstatus",
+    "open_handshake_timeout", "require_websocket_subprotocol", "enable_webstatus",
     "fail_by_drop", "echo_close_codereason", "tcp_nodelay", "utf8_validation", "validate_utf8",
     "mask_server_frames", "require_masked_frames", "apply_mask", "auto_fragment_size",
     "enable_flash_policy", "flash_policy", "max_connections", "auto_ping_size",
@@ -3326,6 +3707,8 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
         elif kind == "size or 0":
             if _expect(w, value, int, "a number of bytes") < 0:
                 raise w.error("must be 0 or more, got %d" % value)
+        elif kind == "compression":
+            value = _build_compression(w, value)
         elif value is not None or kind == "size":
             if _expect(w, value, int, "a positive integer" + (" or null" if kind != "size"
                                                               else "")) < 1:
@@ -3524,6 +3907,33 @@ def _build_json(where: _Where, service: dict, cbdir: str):
     values = _check_options(where / "options", service.get("options", {}), JSON_OPTIONS,
                             ignored=("allow_cross_origin",))
     return JSONValue(service["value"], values["prettify"], values["discourage_caching"]), "json"
+
+
+def _build_compression(where: _Where, compression):
+    """A websocket path's "compression" option: DeflateOptions, or None (off).
+
+    Crossbar's meaning: absent, or without "deflate", compression is off;
+    "deflate": {} turns permessage-deflate on with the defaults.
+    """
+    if compression is None:
+        return None
+    _expect(where, compression, dict, "an object")
+    _check_keys(where, compression, ("deflate",))
+    if "deflate" not in compression:
+        return None
+    where = where / "deflate"
+    deflate = _expect(where, compression["deflate"], dict, "an object")
+    _check_keys(where, deflate, DEFLATE_OPTIONS)
+    values = {}
+    for name, (default, low, high) in DEFLATE_OPTIONS.items():
+        value = values[name] = deflate.get(name, default)
+        if low is None:
+            _expect(where / name, value, bool, "true or false")
+        elif not low <= _expect(where / name, value, int, "an integer") <= high and not (
+                value == 0 and name == "request_max_window_bits"):
+            raise (where / name).error("must be %s%d to %d, got %d" % (
+                "0 (ask nothing) or " if name == "request_max_window_bits" else "", low, high, value))
+    return DeflateOptions(**values)
 
 
 def _load_app(where: _Where, service: dict, what: str):
