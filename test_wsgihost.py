@@ -1040,21 +1040,21 @@ class ReviewRegressionTests(unittest.TestCase):
 
     def test_a_large_response_to_a_slow_steady_reader_is_not_cut(self):
         body = os.urandom(8 * 1024 * 1024)
-        node, port = start_node(lambda e, s: (s("200 OK", TEXT), [body])[1], client_timeout=1)
+        node, port = start_node(lambda e, s: (s("200 OK", TEXT), [body])[1], client_timeout=3)
         self.addCleanup(node.stop, 0)
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(sock.close)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         data = bytearray()
-        while True:                                 # about 2.5 s in all, over client_timeout
+        while True:                                 # about 6.5 s in all, twice client_timeout
             chunk = sock.recv(65536)
             if not chunk:
                 break
             data += chunk
             if data.endswith(body[-100:]):
                 break
-            time.sleep(0.02)
+            time.sleep(0.05)
         self.assertTrue(bytes(data).endswith(body))
 
     def test_413_reaches_a_client_still_uploading(self):
@@ -2354,9 +2354,11 @@ class LoadTests(unittest.TestCase):
         threads = [threading.Thread(target=client, args=(n,)) for n in range(200)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + 600
         for t in threads:
-            t.join(120)
+            t.join(max(0, deadline - time.monotonic()))
         self.assertEqual(errors, [])
+        self.assertEqual([t for t in threads if t.is_alive()], [])     # every client finished
 
 # -----------------------------------------------------------------------------
 # 9. Configuration and 11. the command line
