@@ -2570,11 +2570,12 @@ def wait_until(condition, message, timeout=30):
 
 
 def refused(port) -> bool:
-    """Whether 127.0.0.1:port refuses a connection (nobody is listening)."""
+    """Whether 127.0.0.1:port refuses a connection: nobody listens (refused), or
+    the listening socket closed with this connection still in its backlog (reset)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 
