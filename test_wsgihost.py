@@ -5,18 +5,21 @@ Run: python test_wsgihost.py      (or: python -m unittest test_wsgihost)
 Most tests are pure: raw request bytes in, values or exact bytes out, through
 a fake socket -- no network. Then a few socket tests run the real server on
 port 0 in a thread, and a subprocess runs ``python wsgihost.py CONFIG``.
-Tests that need Flask skip without it; with WSGIHOST_REQUIRE_ALL=1 (as in
-.ci/run) a skip fails the run.
+Tests that need Flask, Django, Pyramid, Bottle, Falcon, Hypothesis or Chromium
+skip without them; with WSGIHOST_REQUIRE_ALL=1 (as in .ci/run) a skip fails the run.
 """
 
 import base64
 import contextlib
+import hashlib
 import http.client
+import importlib.util
 import io
 import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -4922,6 +4925,254 @@ class FlaskExampleTests(unittest.TestCase):
         self.assertEqual(resp.status, 200)
         self.assertIn(b"<h1>Hello from Crossbar.io</h1>", resp.read())
         conn.close()
+
+
+def build_multipart(fields: dict, files: dict):
+    """A multipart/form-data body as a browser sends it; returns (body, Content-Type)."""
+    boundary = "----wsgihost-boundary-%016x" % random.getrandbits(64)
+    parts = []
+    for name, value in fields.items():
+        parts.append(('--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                      % (boundary, name, value)).encode())
+    for name, (filename, data) in files.items():
+        parts.append(('--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                      'Content-Type: application/octet-stream\r\n\r\n'
+                      % (boundary, name, filename)).encode() + data + b"\r\n")
+    parts.append(("--%s--\r\n" % boundary).encode())
+    return b"".join(parts), "multipart/form-data; boundary=" + boundary
+
+
+def upload_data() -> bytes:
+    """3 MiB and a bit: over Django's 2.5 MB in-memory limit, so it goes to a temporary
+    file; random bytes laced with what a multipart parser could mistake for a boundary."""
+    noise = random.Random(7)
+    chunks = []
+    for _ in range(48):
+        chunks.append(bytes(noise.getrandbits(8) for _ in range(64)) * 1024)
+        chunks.append(b"\r\n------wsgihost-boundary-\r\n\r\n--\r\n")
+    return b"".join(chunks)
+
+
+class FrameworkMatrixTests(unittest.TestCase):
+    """examples/django, and examples/frameworks (Pyramid, Bottle, Falcon and Flask side by
+    side), each served by a Node on port 0 and fetched over real HTTP. A test skips only
+    when its framework is not installed (.ci/run installs them all)."""
+
+    LABELS = {"django": "Django", "flask": "Flask", "pyramid": "Pyramid", "bottle": "Bottle",
+              "falcon": "Falcon"}
+    static_root = None      # collectstatic's folder, made once for the class
+
+    def need(self, framework):
+        if importlib.util.find_spec(framework) is None:
+            self.skipTest("%s is not installed" % self.LABELS[framework])
+
+    def start(self, config, cbdir, env=None) -> int:
+        transport = config["workers"][0]["transports"][0]
+        transport["endpoint"]["port"] = 0
+        transport["endpoint"]["interface"] = "127.0.0.1"
+        with unittest.mock.patch.dict(os.environ, env or {}), warnings.catch_warnings():
+            # WebOb (Pyramid's) still imports cgi: its warning, not ours
+            warnings.filterwarnings("ignore", "'cgi' is deprecated", DeprecationWarning)
+            node = wsgihost.Node(config, cbdir).start()
+        self.addCleanup(node.stop, 1)
+        self.port = node.transports[0].port
+        return self.port
+
+    def fetch(self, method, path, body=None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body, headers or {})
+            resp = conn.getresponse()
+            return resp, resp.read()
+        finally:
+            conn.close()
+
+    # -- examples/frameworks ---------------------------------------------------
+
+    def start_frameworks(self) -> int:
+        """The example's one config, less the paths whose framework is not installed."""
+        config, cbdir = wsgihost.load_config(
+            os.path.join(HERE, "examples", "frameworks", ".crossbar", "config.json"))
+        paths = config["workers"][0]["transports"][0]["paths"]
+        for mount in list(paths):
+            if importlib.util.find_spec(mount) is None:
+                del paths[mount]
+        return self.start(config, cbdir)
+
+    def check_mounted(self, framework):
+        """A route of the app at /FRAMEWORK answers, and the URL the app generates for its
+        own route carries the mount (SCRIPT_NAME)."""
+        self.need(framework)
+        port = self.start_frameworks()
+        resp, body = self.fetch("GET", "/%s/hello/Zo%%C3%%AB?greeting=Hi" % framework)
+        self.assertEqual(resp.status, 200, body)
+        answer = json.loads(body)
+        self.assertEqual(answer["framework"], framework)
+        self.assertEqual(answer["greeting"], "Hi, Zo\u00eb!")     # UTF-8 path, decoded by the app
+        self.assertEqual(answer["path_url"], "/%s/hello/world" % framework)
+        self.assertEqual(answer["url"], "http://127.0.0.1:%d/%s/hello/world" % (port, framework))
+        resp, body = self.fetch("GET", answer["path_url"])
+        self.assertEqual(resp.status, 200, body)
+        self.assertEqual(json.loads(body)["greeting"], "Hello, world!")
+
+    def test_pyramid_route_and_generated_url_under_its_mount(self):
+        self.check_mounted("pyramid")
+
+    def test_bottle_route_and_generated_url_under_its_mount(self):
+        self.check_mounted("bottle")
+
+    def test_falcon_route_and_generated_url_under_its_mount(self):
+        self.check_mounted("falcon")
+
+    def test_flask_route_and_generated_url_under_its_mount(self):
+        self.check_mounted("flask")
+
+    def test_flask_multipart_upload(self):
+        self.need("flask")
+        self.start_frameworks()
+        data = upload_data()
+        body, content_type = build_multipart({}, {"file": ("my data.bin", data)})
+        resp, answer = self.fetch("POST", "/flask/upload", body, {"Content-Type": content_type})
+        self.assertEqual(resp.status, 200, answer[:500])
+        self.assertEqual(json.loads(answer), {"name": "my data.bin", "size": len(data),
+                                              "sha256": hashlib.sha256(data).hexdigest()})
+
+    # -- examples/django -------------------------------------------------------
+
+    def start_django(self) -> int:
+        """examples/django with DEBUG off, as its README says to run it, but with the
+        static files collected into a temporary folder (served by the config's "static"
+        path) and the database there too, holding one admin user."""
+        self.need("django")
+        project = os.path.join(HERE, "examples", "django")
+        cls = type(self)
+        if cls.static_root is None:
+            tmp = tempfile.mkdtemp()
+            cls.addClassCleanup(shutil.rmtree, tmp)
+            env = dict(os.environ, DJANGO_STATIC_ROOT=os.path.join(tmp, "static"),
+                       DJANGO_SQLITE_PATH=os.path.join(tmp, "db.sqlite3"),
+                       DJANGO_SUPERUSER_PASSWORD="not-a-secret-42")
+            env.pop("DJANGO_DEBUG", None)
+            for command in (["collectstatic", "--noinput"], ["migrate"],
+                            ["createsuperuser", "--noinput", "--username", "admin",
+                             "--email", "admin@example.org"]):
+                done = subprocess.run([sys.executable, "manage.py"] + command, cwd=project,
+                                      env=env, capture_output=True, timeout=300)
+                self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace"))
+            cls.static_root, cls.db_path = env["DJANGO_STATIC_ROOT"], env["DJANGO_SQLITE_PATH"]
+        config, cbdir = wsgihost.load_config(os.path.join(project, ".crossbar", "config.json"))
+        config["workers"][0]["transports"][0]["paths"]["static"]["directory"] = cls.static_root
+        # Django reads its settings once per process, at the first start.
+        return self.start(config, cbdir, {"DJANGO_SQLITE_PATH": cls.db_path, "DJANGO_DEBUG": "0"})
+
+    @staticmethod
+    def cookies(resp, jar=None) -> dict:
+        jar = dict(jar or {})
+        for field in resp.headers.get_all("Set-Cookie") or ():
+            name, _, value = field.split(";", 1)[0].partition("=")
+            jar[name.strip()] = value
+        return jar
+
+    @staticmethod
+    def cookie_header(jar: dict) -> str:
+        return "; ".join("%s=%s" % item for item in jar.items())
+
+    def csrf_form(self, path):
+        """GET a form: its CSRF cookie (the jar) and the token in its hidden field."""
+        resp, body = self.fetch("GET", path)
+        self.assertEqual(resp.status, 200, body[:500])
+        jar = self.cookies(resp)
+        self.assertIn("csrftoken", jar)
+        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', body)
+        self.assertIsNotNone(token, body[:1000])
+        return jar, token.group(1).decode()
+
+    def test_django_view_echoes_the_request(self):
+        self.start_django()
+        resp, body = self.fetch("GET", "/?q=wsgihost")
+        self.assertEqual(resp.status, 200, body[:500])
+        self.assertEqual(resp.getheader("Content-Type"), "text/html; charset=utf-8")
+        self.assertIn(b"Path: <code>/</code>, q: <code>wsgihost</code>", body)
+        self.assertIn(b'<a href="/hello/">form</a>', body)
+        # DEBUG is off, so ALLOWED_HOSTS is enforced: another Host is refused by Django
+        resp, body = self.fetch("GET", "/", headers={"Host": "evil.example"})
+        self.assertEqual(resp.status, 400)
+
+    def test_django_form_post_with_csrf_cookie_and_token(self):
+        self.start_django()
+        jar, token = self.csrf_form("/hello/")
+        resp, body = self.fetch("POST", "/hello/", "csrfmiddlewaretoken=%s&name=Ada" % token,
+                                {"Content-Type": "application/x-www-form-urlencoded",
+                                 "Cookie": self.cookie_header(jar)})
+        self.assertEqual(resp.status, 302, body[:1000])
+        self.assertEqual(resp.getheader("Location"), "/hello/")
+        jar = self.cookies(resp, jar)
+        self.assertIn("messages", jar)     # the message travels in its own Set-Cookie
+        resp, body = self.fetch("GET", "/hello/", headers={"Cookie": self.cookie_header(jar)})
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b'<ul class="messages"><li>Hello, Ada!</li></ul>', body)
+
+    def test_django_post_without_csrf_token_is_403(self):
+        self.start_django()
+        jar, token = self.csrf_form("/hello/")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        resp, body = self.fetch("POST", "/hello/", "name=Ada", dict(form, Cookie=self.cookie_header(jar)))
+        self.assertEqual(resp.status, 403)          # the cookie, but no token
+        resp, body = self.fetch("POST", "/hello/", "csrfmiddlewaretoken=%s&name=Ada" % token, form)
+        self.assertEqual(resp.status, 403)          # the token, but no cookie
+        self.assertNotIn("messages", self.cookies(resp))
+
+    def test_django_admin_login_page_styled_by_the_static_path(self):
+        self.start_django()
+        resp, body = self.fetch("GET", "/admin/")
+        self.assertEqual(resp.status, 302)
+        self.assertEqual(resp.getheader("Location"), "/admin/login/?next=/admin/")
+        resp, body = self.fetch("GET", "/admin/login/?next=/admin/")
+        self.assertEqual(resp.status, 200, body[:500])
+        self.assertIn(b'<link rel="stylesheet" href="/static/admin/css/base.css">', body)
+        self.assertIn(b'name="csrfmiddlewaretoken"', body)
+        resp, css = self.fetch("GET", "/static/admin/css/base.css")
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(resp.getheader("Content-Type"), "text/css; charset=utf-8")
+        import django.contrib.admin
+        with open(os.path.join(os.path.dirname(django.contrib.admin.__file__),
+                               "static", "admin", "css", "base.css"), "rb") as f:
+            self.assertEqual(css, f.read())
+        self.assertIn(b"body {", css)
+        resp, body = self.fetch("GET", "/static/admin/css/no-such.css")
+        self.assertEqual(resp.status, 404)
+
+    def test_django_admin_login_and_its_session(self):
+        self.start_django()
+        jar, token = self.csrf_form("/admin/login/")
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        login = "csrfmiddlewaretoken=%s&username=admin&password=%s&next=/admin/"
+        resp, body = self.fetch("POST", "/admin/login/", login % (token, "wrong"),
+                                dict(form, Cookie=self.cookie_header(jar)))
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"Please enter the correct username and password", body)
+        resp, body = self.fetch("POST", "/admin/login/", login % (token, "not-a-secret-42"),
+                                dict(form, Cookie=self.cookie_header(jar)))
+        self.assertEqual(resp.status, 302, body[:1000])
+        self.assertEqual(resp.getheader("Location"), "/admin/")
+        jar = self.cookies(resp, jar)
+        self.assertIn("sessionid", jar)
+        resp, body = self.fetch("GET", "/admin/", headers={"Cookie": self.cookie_header(jar)})
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b"Site administration", body)
+        self.assertIn(b"<strong>admin</strong>", body)
+
+    def test_django_multipart_upload(self):
+        self.start_django()
+        jar, token = self.csrf_form("/upload/")
+        data = upload_data()
+        body, content_type = build_multipart({"csrfmiddlewaretoken": token},
+                                             {"file": ("my data.bin", data)})
+        resp, answer = self.fetch("POST", "/upload/", body, {"Content-Type": content_type,
+                                                             "Cookie": self.cookie_header(jar)})
+        self.assertEqual(resp.status, 200, answer[:1000])
+        self.assertEqual(json.loads(answer), {"name": "my data.bin", "size": len(data),
+                                              "sha256": hashlib.sha256(data).hexdigest()})
 
 
 class ChromiumPipe:
