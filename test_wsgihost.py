@@ -2152,6 +2152,8 @@ WS_CONFIG = {"workers": [{"type": "router", "transports": [{
         "boom": {"type": "websocket", "module": "test_wsgihost", "object": "raising_handler"},
         "small": {"type": "websocket", "options": {"max_message_size": 1000, "max_send_queue": 65536,
                                                    "auto_ping_interval": 0}},
+        "slowping": {"type": "websocket", "options": {"auto_ping_interval": 1000,
+                                                      "auto_ping_timeout": 5000}},
         "ping": {"type": "websocket", "options": {"auto_ping_interval": 200, "auto_ping_timeout": 5000}},
         "patient": {"type": "websocket", "options": {"close_handshake_timeout": 20000}},
         "chat": {"type": "websocket", "options": {"protocols": ["chat"],
@@ -2337,6 +2339,63 @@ class WebSocketSocketTests(unittest.TestCase):
             channel.broadcast(message)
         self.assertLess(time.monotonic() - start, 10)           # broadcast never waited long
         self.wait_for(lambda: len(channel) == 0)
+
+    def test_a_dropped_slow_client_receives_the_1008_close(self):
+        slow = WSClient(self.port, "/small")                    # max_send_queue 64 KiB
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.addCleanup(slow.close)
+        channel = self.channels["/small"]
+        self.wait_for(lambda: len(channel) == 1)
+        with self.assertLogs("wsgihost", "INFO") as logs:
+            for _ in range(20000):                              # never read while sent
+                channel.broadcast("x" * 1000)
+                if any("dropping" in line for line in logs.output):
+                    break
+        self.assertTrue(any("too slow" in line for line in logs.output))
+        code = None
+        while code is None:                                     # read it all now, quickly
+            opcode, payload = slow.recv_frame()
+            if opcode == Opcode.CLOSE:
+                code = int.from_bytes(payload[:2], "big")
+        self.assertEqual(code, 1008)
+
+    def test_a_writer_is_given_send_timeout_not_the_pings_interval(self):
+        """Review finding: the writer's sends used the reader's idle timeout, so a client that
+        paused reading for longer than auto_ping_interval was cut mid-frame."""
+        c = self.client("/ping")                                # pings every 200 ms
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        c.send(Opcode.BINARY, b"z" * (12 * 1024 * 1024))        # broadcast back to us: 12 MiB
+        time.sleep(3.0)                                         # not reading, 15 intervals
+        received = 0
+        while received < 12 * 1024 * 1024:
+            opcode, payload = c.recv_frame()
+            if opcode == Opcode.BINARY:
+                received += len(payload)
+        self.assertEqual(received, 12 * 1024 * 1024)
+
+    def test_pings_keep_to_auto_ping_interval_after_the_first(self):
+        """Review finding: after the first Ping, Pings came every auto_ping_timeout."""
+        c = self.client("/slowping")                            # interval 1 s, timeout 5 s
+        times = []
+        for _ in range(3):
+            opcode, payload = c.read_frame()
+            self.assertEqual(opcode, Opcode.PING)
+            times.append(time.monotonic())
+            c.send(Opcode.PONG, payload)
+        self.assertGreaterEqual(times[2] - times[1], 0.8)       # not every 5 s, nor at once
+        self.assertLess(times[2] - times[1], 4.5)
+
+    def test_a_client_trickling_bytes_after_a_protocol_error_is_cut(self):
+        """Review finding: after an invalid Close code, a byte every 0.5 s held the connection."""
+        c = self.client("/ws")
+        c.send(Opcode.CLOSE, (999).to_bytes(2, "big"))          # an invalid code: 1002
+        self.assertEqual(c.recv_frame()[0], Opcode.CLOSE)
+        start = time.monotonic()
+        with self.assertRaises(OSError):
+            for _ in range(40):                                 # 20 s of trickle, if allowed
+                c.sock.send(b"x")
+                time.sleep(0.5)
+        self.assertLess(time.monotonic() - start, 15)           # close_handshake_timeout: 1 s
 
     def test_auto_ping_and_a_client_that_does_not_answer_is_dropped(self):
         c = self.client("/ping")

@@ -2293,7 +2293,11 @@ class WebSocket:
         self._cond = threading.Condition(threading.Lock())
         self._writer = threading.Thread(target=self._write_loop, name="wsgihost-ws-writer", daemon=True)
         self._ping_sent_at = None
+        # How long the reader waits for the client's next frame (pinging after
+        # that). It waits with poll(), never with the socket's timeout, which
+        # is the writer's: a client that reads slowly is given send_timeout.
         self._idle_timeout = options.auto_ping_interval or send_timeout
+        self._poller = None
 
     @property
     def closed(self) -> bool:
@@ -2303,7 +2307,12 @@ class WebSocket:
 
     def run(self, handler=None):
         """Serve the connection: ``handler(self)``, or broadcast every message."""
-        self.sock.settimeout(self._idle_timeout)
+        self.sock.settimeout(self.send_timeout)
+        self._poller = select.poll() if hasattr(select, "poll") else None
+        if self._poller is not None:
+            self._poller.register(self.sock, select.POLLIN)
+        else:                           # no poll(): the socket's timeout serves for both
+            self.sock.settimeout(self._idle_timeout)
         self._writer.start()
         self.channel._add(self)
         try:
@@ -2337,8 +2346,16 @@ class WebSocket:
             if self._failed:
                 self._close_written.wait(self.send_timeout)     # (or the client is gone)
                 self.sock.shutdown(socket.SHUT_WR)
-                while self.sock.recv(RECV_SIZE):
-                    pass
+                # Discard what still comes, for close_handshake_timeout in all:
+                # a client that trickles bytes does not hold the connection.
+                deadline = time.monotonic() + self.options.close_handshake_timeout
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.sock.settimeout(remaining)
+                    if not self.sock.recv(RECV_SIZE):
+                        break
                 self._lose()
             else:
                 while not (self._close_received or self._dead):
@@ -2377,6 +2394,7 @@ class WebSocket:
                         self._enqueue(build_frame(Opcode.PONG, payload))    # §5.5.2: same payload
                     else:
                         self._ping_sent_at = None   # §5.5.3: a pong, solicited or not
+                        self._idle_timeout = self.options.auto_ping_interval or self.send_timeout
                     continue
                 if op == Opcode.CONTINUATION:
                     if opcode is None:
@@ -2441,6 +2459,10 @@ class WebSocket:
     def _read_header(self, max_payload) -> FrameHeader:
         """Read a frame header; wait through idle periods, pinging if configured."""
         while self._pos >= len(self._buffer):
+            if (self._poller is not None and not getattr(self.sock, "pending", int)()
+                    and not self._poller.poll(self._idle_timeout * 1000)):
+                self._on_idle()
+                continue
             try:
                 data = self.sock.recv(RECV_SIZE)
             except socket.timeout:
@@ -2520,7 +2542,9 @@ class WebSocket:
             return
         self._ping_sent_at = now
         self._enqueue(build_frame(Opcode.PING, os.urandom(4)))
-        self.sock.settimeout(min(interval, self.options.auto_ping_timeout))
+        self._idle_timeout = min(interval, self.options.auto_ping_timeout)
+        if self._poller is None:
+            self.sock.settimeout(self._idle_timeout)
 
     def _on_close(self, payload: bytes):
         """The client's Close (§5.5.1): answer it (unless we began), then end."""
@@ -2639,6 +2663,20 @@ class WebSocket:
         self._drop(CloseCode.POLICY_VIOLATION, "too slow: send queue over %d bytes" % limit)
         return False
 
+    def _send_frames(self, frames: list):
+        """Send frames coalesced in pieces of about SEND_SLICE bytes, ending on frame
+        boundaries, so that a client dropped meanwhile (_drop) gets its Close
+        after the frame being sent, not after everything it could not take."""
+        piece, size = [], 0
+        for frame in frames:
+            piece.append(frame)
+            size += len(frame)
+            if size >= SEND_SLICE or frame is frames[-1]:
+                if self._drop_after_close and frame is not frames[-1]:
+                    return                      # the rest is for a client that is gone
+                send_all(self.sock, piece[0] if len(piece) == 1 else b"".join(piece))
+                piece, size = [], 0
+
     def _write_loop(self):
         """The writer thread: send what is queued, coalesced; end after the Close."""
         cond = self._cond
@@ -2659,11 +2697,13 @@ class WebSocket:
             frames = [item if isinstance(item, bytes) else
                       build_frame(item[0], self._codec.compress(item[1]), rsv1=True) for item in frames]
             try:
-                send_all(self.sock, frames[0] if len(frames) == 1 else b"".join(frames))
+                self._send_frames(frames)
             except OSError as exc:
                 log.debug("WebSocket on %s: send failed: %s", self.channel.path, exc)
                 self._lose()
                 return
+            if self._drop_after_close and not last:
+                continue                        # dropped meanwhile: its Close is queued
             if last:                            # our Close is out: the client has this long
                 self._close_written.set()
                 with cond:
