@@ -5499,6 +5499,63 @@ class RedisBridgeTests(unittest.TestCase):
         self.assertFalse(bridge.connected)
 
 
+class RedisChannelTests(unittest.TestCase):
+    """Two nodes on different ports sharing a real redis-server: one channel."""
+
+    def node(self, redis_port, prefix="wsgihost"):
+        config = json.loads(json.dumps(WS_CONFIG))
+        config["workers"][0]["options"] = {"channels": {"redis": "redis://127.0.0.1:%d/0" % redis_port,
+                                                        "prefix": prefix}}
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 0)
+        deadline = time.monotonic() + 30
+        while not all(b.connected for b in node.bridges):
+            self.assertLess(time.monotonic(), deadline, "never subscribed")
+            time.sleep(0.02)
+        return node
+
+    def test_clients_of_two_nodes_get_every_message_in_one_order(self):
+        redis_port, _ = start_redis(self)
+        a, b = self.node(redis_port), self.node(redis_port)
+        clients = []
+        for node in (a, a, b, b):
+            client = WSClient(node.transports[0].port)
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101)
+            clients.append(client)
+        for node in (a, b):
+            channel = node.transports[0].channels["/ws"]
+            deadline = time.monotonic() + 30
+            while len(channel) != 2:                    # len(): the clients of this node
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.02)
+        for i in range(50):                             # from clients of both nodes...
+            clients[i % 4].send_text("m%d" % i)
+        conn = http.client.HTTPConnection("127.0.0.1", b.transports[0].port, timeout=30)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/?from-wsgi")              # ... and from a WSGI app on node b
+        self.assertEqual(conn.getresponse().read(), b"2")     # it counts node b's clients
+        orders = []
+        for client in clients:
+            got = [client.recv_text() for _ in range(51)]
+            self.assertEqual(sorted(got), sorted(["m%d" % i for i in range(50)] + ["from-wsgi"]))
+            orders.append(got)
+        self.assertTrue(all(order == orders[0] for order in orders))     # one order for all
+        for client in clients:
+            client.send(Opcode.BINARY, b"\x00\xffbinary")
+        for client in clients:
+            for _ in range(4):
+                self.assertEqual(client.recv_frame(), (Opcode.BINARY, b"\x00\xffbinary"))
+
+    def test_channels_config_validated(self):
+        config = web_config({"ws": {"type": "websocket"}})
+        config["workers"][0]["options"] = {"channels": {"redis": "http://x"}}
+        with self.assertRaises(wsgihost.ConfigError) as caught:
+            wsgihost.build_transports(config, ".", ".crossbar/config.json")
+        self.assertEqual(str(caught.exception), ".crossbar/config.json: workers[0].options.channels."
+                         "redis: expected redis://host:port/db or rediss://..., got 'http://x'")
+
+
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------

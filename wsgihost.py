@@ -2726,8 +2726,13 @@ class Channel:
         self.path = path
         self._clients = set()
         self._lock = threading.Lock()
+        # Where broadcasts go first when the channel spans several processes
+        # or machines (a RedisBridge, section 12a): they come back through
+        # deliver(), in the one order every node sees.
+        self.relay = None
 
     def __len__(self) -> int:
+        """The clients connected to this process (not those of other workers or nodes)."""
         return len(self._clients)
 
     @property
@@ -2736,7 +2741,25 @@ class Channel:
             return list(self._clients)
 
     def broadcast(self, message) -> int:
-        """Send ``message`` (str or bytes) to every client; return how many.
+        """Send ``message`` (str or bytes) to every client; return how many are local.
+
+        With a relay (Redis) that is connected, the message goes out through
+        it and reaches the clients here when it comes back, as it reaches
+        those of every other node; else it is delivered here at once.
+        """
+        relay = self.relay
+        if relay is not None and relay.connected:
+            if isinstance(message, (bytearray, memoryview)):
+                message = bytes(message)
+            if not isinstance(message, (str, bytes)):
+                raise TypeError("a WebSocket message is str (text) or bytes (binary), not %s"
+                                % type(message).__name__)
+            relay.publish(self.path, message)
+            return len(self._clients)
+        return self.deliver(message)
+
+    def deliver(self, message) -> int:
+        """Send ``message`` (str or bytes) to every client of this process; return how many.
 
         Built once for all uncompressed clients, and compressed once for all
         those that agreed on server_no_context_takeover with the same window
@@ -3668,15 +3691,40 @@ def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -
         where = root / "workers" / i
         _check_keys(where, worker, ("type", "options", "transports", "id"),
                     ignored=("realms", "components", "connections", "manhole"))
-        _check_keys(where / "options", worker.get("options", {}), ("pythonpath",),
+        _check_keys(where / "options", worker.get("options", {}), ("pythonpath", "channels"),
                     ignored=("env", "title", "cpu_affinity", "reactor", "expose_controller",
                              "expose_shared", "shutdown"))
+        channels = _parse_channels(where / "options" / "channels",
+                                   worker.get("options", {}).get("channels"))
         for j, transport in enumerate(_expect(where / "transports", worker.get("transports", []),
                                               list, "a list of transports")):
-            transports.append(_build_web_transport(where / "transports" / j, transport, cbdir))
+            built = _build_web_transport(where / "transports" / j, transport, cbdir)
+            built.redis = channels
+            transports.append(built)
     if not transports:
         raise (root / "workers").error("no web transport to serve")
     return transports
+
+
+def _parse_channels(where: _Where, channels):
+    """A router worker's "channels" option: (Redis URL, prefix), or None.
+
+    wsgihost's own (Crossbar routes WAMP, not channels):
+    ``"channels": {"redis": "redis://[:password@]host:port/db", "prefix": "wsgihost"}``.
+    """
+    if channels is None:
+        return None
+    _expect(where, channels, dict, "an object")
+    _check_keys(where, channels, ("redis", "prefix"))
+    if "redis" not in channels:
+        raise where.error('"channels" needs "redis" (a URL like redis://host:6379/0)')
+    url = _expect(where / "redis", channels["redis"], str, "a redis:// or rediss:// URL")
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        raise (where / "redis").error(str(exc)) from None
+    prefix = _expect(where / "prefix", channels.get("prefix", "wsgihost"), str, "a string")
+    return url, prefix
 
 
 def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
@@ -4907,6 +4955,7 @@ class WebTransport:
                 self.channels[path] = service.channel
         self.base_environ["wsgihost.channels"] = self.channels
         self.own_answers = OwnAnswers()
+        self.redis = None               # (URL, prefix) of the worker's "channels", or None
         self.stopping = False
         self.server = None
         self.connections = set()        # every open HTTPConnection
@@ -5177,6 +5226,7 @@ class Node:
         self.transports = transports if transports is not None else build_transports(
             config, cbdir, filename)
         self.threads = []
+        self.bridges = []               # RedisBridges of the workers' "channels"
         self.stopped = threading.Event()
 
     @classmethod
@@ -5204,7 +5254,29 @@ class Node:
                                       daemon=True)
             thread.start()
             self.threads.append(thread)
+        self._join_channels()
         return self
+
+    def _join_channels(self):
+        """One RedisBridge per Redis configured, for the channels of its workers' transports."""
+        by_redis = {}
+        for transport in self.transports:
+            if transport.redis is not None and transport.channels:
+                by_redis.setdefault(transport.redis, []).append(transport)
+        for (url, prefix), transports in by_redis.items():
+            channels = {}
+            for transport in transports:
+                for path, channel in transport.channels.items():
+                    channels.setdefault(path, []).append(channel)
+
+            def deliver(path, message, channels=channels):
+                for channel in channels.get(path, ()):
+                    channel.deliver(message)
+            bridge = RedisBridge(url, list(channels), deliver, prefix).start()
+            for group in channels.values():
+                for channel in group:
+                    channel.relay = bridge
+            self.bridges.append(bridge)
 
     def urls(self) -> list:
         return [url for transport in self.transports for url in transport.urls()]
@@ -5221,6 +5293,8 @@ class Node:
             transport.begin_stop()
         for transport in self.transports:
             transport.finish_stop(deadline)
+        for bridge in self.bridges:
+            bridge.stop()
         self.stopped.set()
 
     def __enter__(self) -> Node:
