@@ -847,7 +847,8 @@ class _BodyInput:
             self._started = now
         allowed = self._started + MIN_RATE_GRACE + self._taken / self.min_rate - now
         if allowed <= 0:
-            raise socket.timeout()
+            raise HTTPError(408, "the request body is arriving slower than %d bytes/s (min_rate)"
+                            % self.min_rate)
         if allowed < self.timeout:
             self.reader.sock.settimeout(allowed)
             return True
@@ -4858,9 +4859,24 @@ class WaitingRoom:
     # -- stopping: any thread ------------------------------------------------------
 
     def stop_accepting(self):
+        """Take in what the listen backlog holds, then close the listening socket.
+
+        From then on the port refuses connections (a client can go elsewhere
+        at once); those already made wait in the room like any other, so a
+        request that has reached us is served (close_idle reads them once).
+        """
         with self.lock:
+            if self.stopped:
+                return
             self.stopped = True
             self._unlisten()
+            for _ in range(self.server.request_queue_size):
+                try:
+                    sock, address = self.server.get_request()
+                except OSError:             # BlockingIOError: the backlog is empty
+                    break
+                self._welcome(sock, address)
+            self.server.socket.close()
 
     def close_idle(self):
         """Close the connections waiting for a request that has not begun.
