@@ -53,6 +53,10 @@ wsgihost.py`` prints this map:
     12. The socket server and the node
     13. Command line
 
+CONFORMANCE.md lists, section by section, the rules of PEP 3333, RFC 9110/9112
+and RFC 6455 that each section keeps (or keeps strictly, or not) and the tests
+that check them; examples/primer follows one request through the sections.
+
 Copyright (c) 2026 the wsgihost authors. MIT License (see LICENSE): use, copy,
 modify and distribute freely, keeping this notice; no warranty.
 """
@@ -1333,6 +1337,9 @@ class Response:
             self.no_body = True     # RFC 9110 §6.4.1: these never carry content
         extra = []
         length = head.content_length
+        # RFC 9110 §8.6: a HEAD's Content-Length must be GET's, a 304's the 200's. An
+        # empty body given for HEAD says nothing of GET's, and a 304 has no body: so
+        # neither gets one made up here.
         if length is None and body_length is not None and code != 204 and code != 304 and (
                 body_length or method != "HEAD"):
             length = body_length
@@ -1341,12 +1348,14 @@ class Response:
             if not self.no_body:
                 self.remaining = length
         elif not self.no_body:
+            # RFC 9112 §6.1: never Transfer-Encoding in answer to HTTP/1.0.
             if self.version == (1, 1):
                 self.chunked = True
                 extra.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 self.keep_alive = False     # RFC 9112 §6.3 (8): close-delimited
         extra.append(self._connection_field())
+        # RFC 9110 §6.6.1: an origin server with a clock sends Date.
         if not head.has_date:
             extra.append(date_line())
         if not head.has_server:
@@ -1397,6 +1406,8 @@ class Response:
 
     def write(self, data: bytes):
         """PEP 3333 write(): send ``data`` now, with the head if not yet sent."""
+        # PEP 3333, "Buffering and Streaming": each block is on the wire before the
+        # app is asked for the next; nothing is held back to fill a buffer.
         if type(data) is not bytes:
             raise TypeError("write() takes bytes, not %s (PEP 3333)" % type(data).__name__)
         if self.headers_set is None:
