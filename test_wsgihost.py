@@ -5794,12 +5794,10 @@ class ConformanceMapTests(unittest.TestCase):
         self.assertLessEqual(wsgihost.parse_http_date(resp.headers["last-modified"]),
                              wsgihost.parse_http_date(resp.headers["date"]))
 
-    @unittest.expectedFailure
     def test_range_on_head_ignored_rfc9110_14_2(self):
         """RFC 9110 §14.2: "A server MUST ignore a Range header field received with a
         request method ... for which range handling is not defined" -- every method but
-        GET. NOT KEPT (found writing CONFORMANCE.md): a static path answers HEAD with
-        Range 206. Expected to fail until StaticFiles honours Range for GET only."""
+        GET (found writing CONFORMANCE.md: a static path used to answer HEAD with 206)."""
         app = wsgihost.StaticFiles(self.static_file())
         resp = one(app, b"HEAD /f.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n")
         self.assertEqual((resp.status, resp.headers.get("content-range")), (200, None))

@@ -3041,8 +3041,8 @@ def evaluate_preconditions(environ: dict, etag: str, last_modified: int, size: i
         if date is not None and last_modified <= date:              # §13.1.3
             return 304, None
     range_value = get("HTTP_RANGE")
-    if range_value is None:
-        return 200, None
+    if range_value is None or environ["REQUEST_METHOD"] != "GET":
+        return 200, None        # §14.2: range handling is defined for GET only
     if_range = get("HTTP_IF_RANGE")
     # §13.1.5: an entity-tag (it starts with a DQUOTE or W/) must match
     # strongly, so a weak one never does; a date must equal Last-Modified.
