@@ -2941,9 +2941,66 @@ class ConfigTests(unittest.TestCase):
         self.assertConfigError(web_config({}, {"type": "tcp", "port": 1, "tls": {}}),
                                ".crossbar/config.json: workers[0].transports[0].endpoint.tls: TLS "
                                "endpoints are not supported yet")
-        self.assertConfigError(web_config({}, {"type": "unix", "path": "x"}),
-                               ".crossbar/config.json: workers[0].transports[0].endpoint.type: unix "
-                               "socket endpoints are not supported yet")
+
+    def test_unix_endpoint(self):
+        paths = {"ws": {"type": "websocket"}}
+        transport = wsgihost.build_transports(
+            web_config(paths, {"type": "unix", "path": "run/app.sock", "backlog": 7}), "/srv/node")[0]
+        self.assertEqual((transport.family, transport.host, transport.backlog),
+                         (socket.AF_UNIX, "/srv/node/run/app.sock", 7))     # CBDIR-relative
+        self.assertEqual(transport.address(), "unix:/srv/node/run/app.sock")
+        self.assertEqual(transport.urls(), ["ws://unix:/srv/node/run/app.sock:/ws (websocket)"])
+        self.assertConfigError(web_config(paths, {"type": "unix"}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint: a "unix" '
+                               'endpoint needs "path" (the socket file, relative to the node directory)')
+        self.assertConfigError(web_config(paths, {"type": "unix", "path": ""}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.path: "
+                               "expected a file path, got an empty string")
+        self.assertConfigError(web_config(paths, {"type": "unix", "path": "a", "port": 80}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint: unknown key '
+                               '"port" (expected one of: backlog, path, type)')
+        self.assertConfigError(web_config(paths, {"type": "pipe"}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint.type: endpoint '
+                               'type "pipe" is not supported (expected "tcp" or "unix")')
+
+    def test_universal_transport_serves_its_web_part(self):
+        web = {"paths": {"/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}},
+               "options": {"access_log": True}}
+        universal = {"type": "universal", "endpoint": {"type": "tcp", "port": 8080},
+                     "rawsocket": {}, "websocket": {"ws": {"type": "websocket"}}, "web": web}
+        config = {"workers": [{"type": "router", "transports": [universal]}]}
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            transport, = wsgihost.build_transports(config, ".", ".crossbar/config.json")
+        self.assertEqual((transport.port, transport.access_log), (8080, True))
+        self.assertEqual(transport.urls(), ["http://0.0.0.0:8080/ (wsgi test_wsgihost:hello_app)"])
+        self.assertEqual([r.getMessage() for r in logs.records], [
+            '.crossbar/config.json: workers[0].transports[0].rawsocket: not served: WAMP over RawSocket '
+            'needs a WAMP router, which wsgihost does not provide (the "web" part is served)',
+            '.crossbar/config.json: workers[0].transports[0].websocket: not served: WAMP over WebSocket '
+            'needs a WAMP router, which wsgihost does not provide (the "web" part is served)'])
+        # Errors in the web part name its JSON path.
+        web["paths"]["/"]["type"] = "wsgj"
+        self.assertConfigError(config, '.crossbar/config.json: workers[0].transports[0].web.paths["/"]: '
+                                       'unknown type "wsgj" (expected one of: json, path, redirect, '
+                                       'static, websocket, wsgi)')
+        self.assertConfigError(dict(config, workers=[{"type": "router", "transports": [
+            dict(universal, web={"paths": {}, "endpoint": {}})]}]),
+            '.crossbar/config.json: workers[0].transports[0].web: unknown key "endpoint" (expected one '
+            'of: options, paths)')
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            self.assertConfigError({"workers": [{"type": "router", "transports": [
+                {"type": "universal", "endpoint": {"type": "tcp", "port": 8080}, "rawsocket": {}}]}]},
+                ".crossbar/config.json: workers: no web transport to serve")
+        self.assertIn('workers[0].transports[0]: a universal transport without a "web" part: nothing '
+                      'to serve', logs.output[-1])
+
+    def test_nodeinfo_path_is_skipped_with_a_warning(self):
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            transport, = wsgihost.build_transports(web_config(
+                {"info": {"type": "nodeinfo"}, "ws": {"type": "websocket"}}), ".", "c.json")
+        self.assertEqual([path for path, _ in transport.root.services()], ["/ws"])
+        self.assertEqual(logs.records[0].getMessage(), 'c.json: workers[0].transports[0].paths["info"]: '
+                         'not served: "nodeinfo" is Crossbar\'s page about its own node')
 
     def test_port_values(self):
         self.assertConfigError(web_config({}, {"type": "tcp", "port": "8080"}),
@@ -3170,6 +3227,73 @@ class ServiceConfigTests(unittest.TestCase):
                                        "http://0.0.0.0:0/go (redirect)",
                                        "http://0.0.0.0:0/info/v (json)",
                                        "http://0.0.0.0:0/static (static)"])
+
+
+@unittest.skipUnless(hasattr(socket, "AF_UNIX"), "no unix sockets on this platform")
+class UnixSocketTests(unittest.TestCase):
+    """{"type": "unix", "path": ...} endpoints: CBDIR-relative, stale files removed, live ones kept."""
+
+    def setUp(self):
+        self.cbdir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.cbdir)
+        self.path = os.path.join(self.cbdir, "run", "app.sock")
+        os.mkdir(os.path.dirname(self.path))
+
+    def start(self):
+        config = web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}},
+                            {"type": "unix", "path": "run/app.sock"})
+        node = wsgihost.Node(config, self.cbdir).start()
+        self.addCleanup(node.stop, 1)
+        return node
+
+    def get(self, path="/x") -> Resp:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(self.path)
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n" % path.encode())
+            return split_responses(recv_until_closed(sock))[0]
+
+    def test_served_with_a_local_remote_addr(self):
+        node = self.start()
+        self.assertEqual(node.urls(), ["http://unix:%s:/ (wsgi test_wsgihost:environ_app)" % self.path])
+        resp = self.get()
+        self.assertEqual(resp.status, 200)
+        environ = json.loads(resp.body)
+        self.assertEqual({k: environ[k] for k in ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_NAME",
+                                                   "SERVER_PORT", "PATH_INFO", "HTTP_HOST")},
+                         {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "0", "SERVER_NAME": "localhost",
+                          "SERVER_PORT": "80", "PATH_INFO": "/x", "HTTP_HOST": "app"})
+        node.stop(1)
+        self.assertFalse(os.path.exists(self.path))     # the socket file goes with the server
+
+    def test_stale_socket_file_is_replaced(self):
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(self.path)            # bound, never listening: what a killed server leaves
+        dead.close()
+        self.assertTrue(os.path.exists(self.path))
+        self.start()
+        self.assertEqual(self.get().status, 200)
+
+    def test_live_socket_is_an_error(self):
+        live = socket.socket(socket.AF_UNIX)
+        self.addCleanup(live.close)
+        live.bind(self.path)
+        live.listen()
+        with self.assertRaises(OSError) as ctx:
+            self.start()
+        self.assertEqual(str(ctx.exception.strerror), "cannot listen on unix:%s: Address already in "
+                         "use (a server answers on this socket)" % self.path)
+        self.assertTrue(os.path.exists(self.path))       # still the other server's
+
+    def test_a_file_that_is_not_a_socket_is_left_alone(self):
+        with open(self.path, "w") as f:
+            f.write("data")
+        with self.assertRaises(OSError) as ctx:
+            self.start()
+        self.assertEqual(ctx.exception.strerror, "cannot listen on unix:%s: a file that is not a "
+                         "socket is there (not removed)" % self.path)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "data")
 
 
 class CommandLineTests(unittest.TestCase):

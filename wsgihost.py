@@ -2841,8 +2841,10 @@ MEDIA_TYPE_RE = re.compile(r'[{0}]+/[{0}]+(?:[ \t]*;[ \t]*[{0}]+=(?:[{0}]+|"[\t 
 URL_RE = re.compile(r"[\x21-\x7e]+")
 SERVICE_TYPES = ("json", "path", "redirect", "static", "websocket", "wsgi")
 WAMP_SERVICE_TYPES = ("caller", "publisher", "webhook", "longpoll", "reverseproxy", "cgi",
-                      "resource", "wap", "fileupload", "nodeinfo", "schemadoc", "upload",
+                      "resource", "wap", "fileupload", "schemadoc", "upload",
                       "archive", "mqtt", "rawsocket", "websocket-reverseproxy")
+#: The parts of a "universal" transport that carry WAMP, not HTTP, and over what.
+UNIVERSAL_WAMP_PARTS = {"rawsocket": "RawSocket", "websocket": "WebSocket", "mqtt": "MQTT"}
 
 
 class Limits:
@@ -2906,13 +2908,21 @@ def _check_keys(where: _Where, obj: dict, allowed, ignored=()):
                               % (key, ", ".join(sorted(allowed))))
 
 
+def config_file(path: str) -> str:
+    """The config file a path names: the path itself, or for a directory its
+    ``.crossbar/config.json`` (where a plain run looks), else its ``config.json``."""
+    if not os.path.isdir(path):
+        return path
+    nested = os.path.join(path, ".crossbar", "config.json")
+    return nested if os.path.isfile(nested) else os.path.join(path, "config.json")
+
+
 def load_config(path: str):
-    """Read a config file (or a node directory holding config.json).
+    """Read a config file (or a directory: see config_file).
 
     Returns (config dict, CBDIR). Raises ConfigError.
     """
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+    path = config_file(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -2963,31 +2973,63 @@ def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -
                              "expose_shared", "shutdown"))
         for j, transport in enumerate(_expect(where / "transports", worker.get("transports", []),
                                               list, "a list of transports")):
-            transports.append(_build_web_transport(where / "transports" / j, transport, cbdir))
+            built = _build_web_transport(where / "transports" / j, transport, cbdir)
+            if built is not None:
+                transports.append(built)
     if not transports:
         raise (root / "workers").error("no web transport to serve")
     return transports
 
 
 def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
+    """A "web" transport, or the web part of a "universal" one (None if it has none)."""
     _expect(where, transport, dict, "a transport object")
     kind = transport.get("type")
-    if kind != "web":
+    if kind == "universal":
+        web, part = _universal_web_part(where, transport)
+        if part is None:
+            return None
+    elif kind != "web":
         raise (where / "type").error('transport type %s is not supported: wsgihost serves only '
                                      '"web" transports' % json.dumps(kind))
-    _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
-    values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
+    else:
+        _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
+        web, part = where, transport
+    values = _check_options(web / "options", part.get("options", {}), WEB_OPTIONS,
                             ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
     if values["hsts"]:
         log.warning("%s: %s: hsts is ignored: it applies to TLS, which wsgihost does not "
-                    "support yet", where.filename, (where / "options").path)
+                    "support yet", where.filename, (web / "options").path)
     host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
-                                                          transport.get("endpoint"))
-    paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
-    root = _build_path_node(where / "paths", paths, values["display_tracebacks"], cbdir)
+                                                          transport.get("endpoint"), cbdir)
+    paths = _expect(web / "paths", part.get("paths"), dict, "an object of paths")
+    root = _build_path_node(web / "paths", paths, values["display_tracebacks"], cbdir)
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
                         limits=limits, access_log=values["access_log"], where=where.path)
+
+
+def _universal_web_part(where: _Where, transport: dict):
+    """Crossbar's "universal" transport: one endpoint whose connections are told
+    apart by their first bytes (what ``crossbar init`` wrote from 2017 to 2019).
+
+    Returns (its JSON path, its "web" part), or (None, None) when it has none.
+    wsgihost serves the web part; WAMP over RawSocket, WebSocket or MQTT needs
+    a WAMP router, so those parts get a warning each and are not served.
+    """
+    _check_keys(where, transport, ("type", "endpoint", "id", "web", *UNIVERSAL_WAMP_PARTS))
+    for part, carrier in UNIVERSAL_WAMP_PARTS.items():
+        if part in transport:
+            log.warning('%s: %s: not served: WAMP over %s needs a WAMP router, which wsgihost '
+                        'does not provide (the "web" part is served)', where.filename,
+                        (where / part).path, carrier)
+    if "web" not in transport:
+        log.warning('%s: %s: a universal transport without a "web" part: nothing to serve',
+                    where.filename, where.path)
+        return None, None
+    web = _expect(where / "web", transport["web"], dict, 'an object with "paths"')
+    _check_keys(where / "web", web, ("paths", "options"))
+    return where / "web", web
 
 
 def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
@@ -3023,14 +3065,14 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
     return values
 
 
-def _parse_endpoint(where: _Where, endpoint):
+def _parse_endpoint(where: _Where, endpoint, cbdir: str = "."):
     _expect(where, endpoint, dict, "an endpoint object")
     kind = endpoint.get("type")
     if kind == "unix":
-        raise (where / "type").error("unix socket endpoints are not supported yet")
+        return _parse_unix_endpoint(where, endpoint, cbdir)
     if kind != "tcp":
-        raise (where / "type").error('endpoint type %s is not supported (expected "tcp")'
-                                     % json.dumps(kind))
+        raise (where / "type").error('endpoint type %s is not supported (expected "tcp" or '
+                                     '"unix")' % json.dumps(kind))
     _check_keys(where, endpoint, ("type", "port", "interface", "backlog", "version", "shared",
                                   "tls"), ignored=("user_timeout",))
     if "tls" in endpoint:
@@ -3061,6 +3103,23 @@ def _parse_endpoint(where: _Where, endpoint):
     return interface, port, family, backlog, shared
 
 
+def _parse_unix_endpoint(where: _Where, endpoint: dict, cbdir: str):
+    """(socket file path, 0, AF_UNIX, backlog, False); the path is relative to CBDIR."""
+    if not hasattr(socket, "AF_UNIX"):
+        raise (where / "type").error("unix sockets are not available on this platform")
+    _check_keys(where, endpoint, ("type", "path", "backlog"))
+    if "path" not in endpoint:
+        raise where.error('a "unix" endpoint needs "path" (the socket file, relative to the '
+                          'node directory)')
+    given = _expect(where / "path", endpoint["path"], str, "a file path")
+    if not given:
+        raise (where / "path").error("expected a file path, got an empty string")
+    backlog = _expect(where / "backlog", endpoint.get("backlog", LISTEN_BACKLOG), int, "an integer")
+    if backlog < 1:
+        raise (where / "backlog").error("must be at least 1, got %d" % backlog)
+    return os.path.abspath(os.path.join(cbdir, given)), 0, socket.AF_UNIX, backlog, False
+
+
 _PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
 
 
@@ -3072,6 +3131,10 @@ def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool,
         if _PATH_KEY_RE.fullmatch(key) is None:
             raise w.error("invalid path %s: a key is \"/\" or one URL segment of letters, digits, "
                           "\"_\" and \"-\"" % json.dumps(key))
+        if type(service) is dict and service.get("type") == "nodeinfo":
+            log.warning('%s: %s: not served: "nodeinfo" is Crossbar\'s page about its own node',
+                        w.filename, w.path)
+            continue
         built = _build_service(w, service, display_tracebacks, cbdir)
         if key == "/":
             node.default = built
@@ -3735,7 +3798,15 @@ class WaitingRoom:
 # paths, its limits; its WSGIServer (socketserver's ThreadingTCPServer, bound
 # and listening) accepts in the waiting room's loop, which hands requests to
 # pool threads (threads are reused, not created per connection). A Node is the
-# set of transports of one config, started and stopped together.
+# set of transports of one config, started and stopped together. A transport
+# listens on TCP, or on a unix socket (AF_UNIX: a file, as behind nginx),
+# whose clients are on this machine: REMOTE_ADDR is then 127.0.0.1, port 0.
+
+_AF_UNIX = getattr(socket, "AF_UNIX", None)     # None on platforms without unix sockets
+#: The client address of a unix socket's connection (its own is usually
+#: unnamed): REMOTE_ADDR and REMOTE_PORT say "this machine", which a check
+#: for local clients understands; waitress says "localhost", gunicorn "".
+UNIX_PEER = ("127.0.0.1", 0)
 
 class WebTransport:
     """A web transport: where it listens, its path tree, its limits.
@@ -3773,7 +3844,13 @@ class WebTransport:
         self.server = None
         self.connections = set()        # every open HTTPConnection
 
+    #: A bound, listening socket to serve instead of binding one: a worker
+    #: process's, inherited from the supervisor (section 13).
+    listener = None
+
     def server_name(self) -> str:
+        if self.family == _AF_UNIX:
+            return "localhost"          # a socket file has no host name
         if self.host and self.host not in ("0.0.0.0", "::"):
             return self.host
         return socket.gethostname()
@@ -3788,19 +3865,20 @@ class WebTransport:
             self.connections.discard(conn)
 
     def urls(self) -> list:
-        host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
-        if ":" in host:
-            host = "[%s]" % host
+        if self.family == _AF_UNIX:
+            authority = "unix:%s:" % self.host      # nginx's spelling: http://unix:/a.sock:/path
+        else:
+            host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
+            authority = "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
         urls = []
         for path, service in self.root.services():
             scheme = "ws" if service.kind == "websocket" else "http"
             what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
-            urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
+            urls.append("%s://%s%s (%s)" % (scheme, authority, path, what))
         return urls
 
     def address(self) -> str:
-        host = self.host or "*"
-        return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
+        return endpoint_address(self.family, self.host, self.port)
 
     def begin_stop(self):
         """Stop taking requests: WebSockets get 1001, idle connections are closed.
@@ -3959,11 +4037,65 @@ class ThreadPool:
                             return
 
 
+def endpoint_address(family, host: str, port: int) -> str:
+    """How a log line or error names an endpoint: 127.0.0.1:8080, [::1]:8080, unix:/a.sock."""
+    if family == _AF_UNIX:
+        return "unix:" + host
+    host = host or "*"
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def bind_listener(family, host: str, port: int, backlog: int, shared: bool = False):
+    """A bound, listening socket; OSError if the address cannot be had.
+
+    TCP: SO_REUSEADDR (a restart need not wait for old connections in
+    TIME_WAIT), and SO_REUSEPORT when the endpoint is "shared", so that
+    other processes can listen on the port too. Unix: ``host`` is the socket
+    file's path; a file left by a server that died is removed first.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == _AF_UNIX:
+            _remove_stale_socket_file(host)
+            sock.bind(host)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket_file(path: str):
+    """Remove a unix socket file nobody answers on; OSError if it is live, or not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is there (not removed)")
+    with socket.socket(_AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:      # nobody listens: a dead server's file
+            os.unlink(path)
+            return
+        except socket.timeout:              # a server too busy to answer is still a server
+            pass
+    raise OSError(errno.EADDRINUSE, "Address already in use (a server answers on this socket)")
+
+
 class WSGIServer(socketserver.ThreadingTCPServer):
     """The listening socket of one web transport, and its waiting room.
 
-    socketserver binds and listens, and its get_request() accepts; but the
-    loop is the waiting room's (serve_forever), not one thread per
+    bind_listener binds and listens (or the transport brings its listener,
+    inherited from the supervisor), socketserver's get_request() accepts; but
+    the loop is the waiting room's (serve_forever), not one thread per
     connection: ThreadingTCPServer's process_request is never called.
     """
 
@@ -3975,18 +4107,31 @@ class WSGIServer(socketserver.ThreadingTCPServer):
         self.transport = transport
         self.address_family = transport.family
         self.request_queue_size = transport.backlog
-        super().__init__((transport.host, transport.port), socketserver.BaseRequestHandler,
-                         bind_and_activate=False)
+        address = transport.host if transport.family == _AF_UNIX else (transport.host, transport.port)
+        super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=False)
+        self.socket.close()                     # socketserver's own, never bound
+        self.bound_here = transport.listener is None    # then closing it is ours to do
+        self.socket = transport.listener or bind_listener(
+            transport.family, transport.host, transport.port, transport.backlog, transport.shared)
         try:
-            if transport.shared:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self.server_bind()
-            self.server_activate()
+            self.server_address = self.socket.getsockname()
             self.socket.setblocking(False)      # the room accepts only when it is readable
         except BaseException:
             self.server_close()
             raise
         self.room = WaitingRoom(transport, self)
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        return sock, (UNIX_PEER if self.address_family == _AF_UNIX else address)
+
+    def server_close(self):
+        super().server_close()
+        if self.bound_here and self.address_family == _AF_UNIX:
+            try:
+                os.unlink(self.transport.host)      # as gunicorn and nginx do
+            except OSError:
+                pass
 
     def serve_forever(self, poll_interval: float = 0.5):
         self.room._thread = threading.current_thread()
@@ -4019,7 +4164,7 @@ class Node:
     @classmethod
     def from_file(cls, path: str) -> Node:
         config, cbdir = load_config(path)
-        return cls(config, cbdir, path if not os.path.isdir(path) else os.path.join(path, "config.json"))
+        return cls(config, cbdir, config_file(path))
 
     def start(self) -> Node:
         """Bind every transport, then serve in background threads. OSError if a bind fails."""
@@ -4034,8 +4179,11 @@ class Node:
                               % (transport.address(), exc.strerror or exc)) from exc
         for transport, server in zip(self.transports, servers):
             transport.server = server
-            transport.port = server.server_address[1]
-            transport.base_environ["SERVER_PORT"] = str(transport.port)
+            if transport.family == _AF_UNIX:
+                transport.base_environ["SERVER_PORT"] = "80"    # a client's default, for URLs
+            else:
+                transport.port = server.server_address[1]
+                transport.base_environ["SERVER_PORT"] = str(transport.port)
             thread = threading.Thread(target=server.serve_forever, name="wsgihost-room",
                                       daemon=True)
             thread.start()
