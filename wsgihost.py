@@ -8,7 +8,7 @@ Host Service" does, with nothing to install: copy this file into a project, or
 Three ways to use it::
 
     python wsgihost.py .crossbar/config.json        # a Crossbar.io node config
-    python wsgihost.py --app myapp:app --port 8080   # one app, no config file
+    python wsgihost.py myapp:app --bind 127.0.0.1:8080 --workers 2   # as gunicorn
     import wsgihost; wsgihost.serve(app, "127.0.0.1", 8080)   # from Python
 
 What it implements:
@@ -22,13 +22,17 @@ What it implements:
 - RFC 6455 (WebSocket) on ``websocket`` paths: a broadcast channel by default,
   or a handler of yours; WSGI apps broadcast through
   ``environ["wsgihost.channels"]``. Autobahn|Testsuite cases 1-10 pass.
-- Crossbar.io's node config: router workers, web transports on TCP, paths
-  dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints,
-  ``static`` files (conditional and range requests, RFC 9110 §13-14),
-  ``redirect`` and ``json`` services, and nested ``path`` trees.
+- Crossbar.io's node config: router workers, web transports (and the web
+  part of universal ones) on TCP or unix sockets, paths dispatched per URL
+  segment to ``wsgi`` apps, ``websocket`` endpoints, ``static`` files
+  (conditional and range requests, RFC 9110 §13-14), ``redirect`` and
+  ``json`` services, and nested ``path`` trees.
+- Worker processes (``--workers N``, or router workers sharing a port) under
+  one supervisor: restarted when they die, drained on SIGTERM, replaced one
+  by one on SIGHUP; ``--reload`` for development.
 
-What it does not do (yet): TLS, unix sockets, HTTP/2, permessage-deflate,
-and the WAMP router that Crossbar also is.
+What it does not do (yet): TLS, HTTP/2, permessage-deflate, and the WAMP
+router that Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
@@ -39,13 +43,15 @@ wsgihost.py`` prints this map:
      4. Request bodies: wsgi.input
      5. The WSGI environ                          (pure)
      6. The WSGI response: start_response, write, framing
-     7. The connection: one thread, many requests
+     7. The connection: one request at a time
      8. WebSocket (RFC 6455): handshake, frames, messages, channels
     8a. Static files, redirects and JSON values   (plain WSGI apps)
      9. Path dispatch and app loading
     10. Configuration
-    11. The socket server and the node
-    12. Command line
+    11. The waiting room: connections that wait, in one selector
+    12. The socket server and the node
+    13. Worker processes: the supervisor
+    14. Command line
 
 Copyright (c) 2026 the wsgihost authors. MIT License (see LICENSE): use, copy,
 modify and distribute freely, keeping this notice; no warranty.
@@ -200,6 +206,19 @@ BUILTIN_SERVICE_THREADS = 64
 #: Seconds a browser may cache a static file without asking again: the
 #: default of a static path's "cache_timeout" (Crossbar's: 12 hours).
 STATIC_CACHE_TIMEOUT = 12 * 60 * 60
+
+# Worker processes (section 13).
+#: A worker that dies unexpectedly is replaced after this many seconds,
+#: doubled for each worker in a row that died younger than WORKER_STABLE_TIME
+#: (a crash loop costs little), up to RESTART_BACKOFF_MAX.
+RESTART_BACKOFF = 0.1
+RESTART_BACKOFF_MAX = 30.0
+WORKER_STABLE_TIME = 10.0
+#: Seconds a new worker has to import its apps and start serving; longer, and
+#: it counts as failed (at a reload, the old workers stay).
+WORKER_START_TIMEOUT = 120.0
+#: Seconds between two looks at the mtimes of the imported modules (--reload).
+RELOAD_POLL_INTERVAL = 1.0
 
 SERVER_SOFTWARE = "wsgihost/" + __version__
 
@@ -4256,8 +4275,715 @@ def run_node(node: Node) -> int:
 
 
 # =============================================================================
-# 12. Command line
+# 13. Worker processes: the supervisor
 # =============================================================================
+# One process uses one core for Python: the GIL runs one thread at a time.
+# With --workers N, or when the config's router workers share a port
+# ("shared": true; Crossbar runs each router worker as a process), the
+# command line starts a Supervisor instead of serving: a process that holds
+# the listening sockets, serves nothing itself, and keeps worker processes --
+# each a Node -- running. Node stays one process; this is the command line's.
+#
+# In: the config (parsed, not yet checked), how many workers, --reload.
+# Out: workers serving; exit status 0 after a graceful stop, 2 for a bad
+# config or app at the start (its one line, before any worker starts), 1 for
+# an address that cannot be had.
+#
+# Signals, as gunicorn's arbiter.py tables them:
+#
+#   TERM  graceful stop: passed on to every worker, which stops accepting,
+#         closes its idle connections (WebSockets with 1001) and finishes the
+#         requests in flight (up to shutdown_grace); then the supervisor
+#         closes the listening sockets and exits 0. Connections still in a
+#         listen backlog were never read: they are reset, as if refused.
+#         A second TERM or INT kills the workers that are left.
+#   INT   the same. (Ctrl-C signals every process of the terminal's group:
+#         the workers ignore INT and wait for the supervisor's TERM.)
+#   HUP   reload, one worker at a time: read the config again, check it and
+#         import its apps in a short-lived child, then start a new worker and,
+#         once it serves, stop an old one (gracefully, as TERM does); and so
+#         on. The listening sockets stay open throughout, so no connection is
+#         refused. If the config or an app fails, or a new worker does not
+#         start, the workers that serve stay.
+#   CHLD  reap a worker that exited. One that was not asked to stop is
+#         replaced after RESTART_BACKOFF, doubled for each in a row that died
+#         younger than WORKER_STABLE_TIME (up to RESTART_BACKOFF_MAX).
+#
+# A worker stops gracefully on TERM, ignores INT and HUP, and stops by itself
+# when its supervisor is gone; it says "ready" on a pipe once it serves. With
+# --reload each worker also looks at the mtimes of its imported modules'
+# files and of the config every RELOAD_POLL_INTERVAL, and asks for a reload
+# (as HUP) when one changes: only the workers know what they imported.
+#
+# Why it is built this way:
+# - The listening sockets belong to the supervisor: they are bound before
+#   any worker starts and never closed while the node runs, so a worker that
+#   stops (HUP) or dies drops nothing that is queued -- the connections wait
+#   for its replacement. On Linux each worker has its own SO_REUSEPORT
+#   socket per TCP endpoint, and the kernel spreads new connections evenly
+#   (a hash of the addresses); with one socket shared by all, every worker
+#   wakes for each connection and whichever runs first takes it -- measured
+#   here, 6 connections opened at once all went to one of 2 workers one time
+#   in 4, and wrk's 16 kept-alive connections were split 16:0 one run in 7.
+#   Elsewhere (SO_REUSEPORT does not balance there) and for unix sockets,
+#   the workers share one socket. Before a group of SO_REUSEPORT sockets is
+#   bound, a plain bind checks that nobody else listens there, so that a
+#   port in use is still an error when the endpoint is not "shared".
+# - The supervisor imports no app and starts no thread. fork() copies only
+#   the calling thread, so a lock held by another would stay held forever in
+#   the child (Python 3.12 warns); and a reload must run the apps' new code,
+#   which a child forked from a process that had imported the old code would
+#   not. So a short-lived child checks the config and imports the apps (a bad
+#   config is one line and exit 2, as without workers) and reports the
+#   endpoints to bind; each worker imports its apps after the fork.
+# - --workers N runs N copies of the whole node; without it, router workers
+#   that share a port run one process each. wsgi.multiprocess is then True.
+# - A websocket path's broadcast channel reaches the clients of its own
+#   process only.
+
+#: The signals the supervisor handles; blocked around fork() so that a worker
+#: never runs the supervisor's handlers.
+_SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD) \
+    if hasattr(signal, "SIGCHLD") else ()
+#: Whether the kernel spreads connections over sockets sharing a port with
+#: SO_REUSEPORT (Linux 3.9+); BSD and macOS give them all to one.
+REUSEPORT_BALANCES = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _shares_ports(config) -> bool:
+    """Whether two router workers of a config (not yet checked) have "shared": true endpoints."""
+    sharing = 0
+    for worker in (config.get("workers") if type(config) is dict else None) or ():
+        transports = worker.get("transports") if type(worker) is dict else None
+        sharing += any(type(t) is dict and type(t.get("endpoint")) is dict
+                       and t["endpoint"].get("shared") is True for t in transports or ())
+    return sharing > 1
+
+
+def _router_worker(transport: WebTransport) -> int:
+    """The index of the router worker a transport belongs to (from its JSON path)."""
+    return int(re.match(r"workers\[(\d+)\]", transport.where).group(1))
+
+
+def _exit_reason(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return "was killed by %s" % signal.Signals(-code).name
+    return "exited with status %d" % code
+
+
+class _PidFormatter(logging.Formatter):
+    """Puts the process id before each message: the processes share one stderr."""
+
+    def __init__(self, inner: logging.Formatter = None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record) -> str:
+        record = logging.makeLogRecord(record.__dict__)     # a copy: other handlers get theirs
+        record.msg, record.args = "[%d] %s" % (record.process, record.getMessage()), None
+        return self.inner.format(record)
+
+
+def _log_with_pids():
+    for logger in (logging.getLogger(), log):
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, _PidFormatter):
+                handler.setFormatter(_PidFormatter(handler.formatter))
+
+
+class _ModuleWatcher:
+    """--reload: the mtimes of the files of imported modules, and of other files."""
+
+    def __init__(self, files=()):
+        self.files = [f for f in files if f]
+        self.mtimes = {}
+        self.changed()
+
+    def changed(self):
+        """A file changed since the last look, or None. Modules imported since
+        then are remembered as they are."""
+        found = None
+        modules = list(sys.modules.values())
+        for path in [getattr(m, "__file__", None) for m in modules] + self.files:
+            if type(path) is not str:
+                continue
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+            if self.mtimes.setdefault(path, mtime) != mtime:
+                self.mtimes[path] = mtime
+                found = found or path
+        return found
+
+
+class _Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, pid: int, index: int, status_fd: int, generation: int):
+        self.pid = pid
+        self.index = index              # its place in the plan: what it serves, its sockets
+        self.status = status_fd         # read end of its pipe: "ready" and "reload" lines
+        self.pending = b""
+        self.generation = generation    # which reload started it
+        self.started = time.monotonic()
+        self.ready = False
+        self.stopping = False           # sent TERM: its exit is expected
+
+
+class Supervisor:
+    """A node run as worker processes on the supervisor's listening sockets (see above)."""
+
+    def __init__(self, config, cbdir: str, filename: str, workers: int = 1, *,
+                 config_path: str = None, reload: bool = False, access_log: bool = False,
+                 debug: bool = False):
+        self.config, self.cbdir, self.filename = config, cbdir, filename
+        self.config_path = config_path      # read again at a reload (None for --app)
+        self.copies = workers
+        self.watch = reload
+        self.access_log = access_log
+        self.debug = debug
+        self.pid = os.getpid()
+        self.sockets = {}               # (endpoint key, n) -> listening socket
+        self.keys = []                  # each transport's endpoint key, in config order
+        self.plan = []                  # worker i serves plan[i]: a router worker, or None for all
+        self.workers = {}               # pid -> _Worker
+        self.signals = collections.deque()    # appended to by the signal handler
+        self.stop_requests = 0                # TERMs and INTs received, ever
+        self.generation = 0
+        self.serving = False            # every first worker has started
+        self.stopping = False
+        self.status = 0
+        self.grace = SHUTDOWN_GRACE
+        self.restarts = []              # (time.monotonic(), index) of workers to start again
+        self.young_deaths = 0
+        self.reloading = None           # during a reload: the state to go back to if it fails
+        self.to_start = []              # indexes a reload has still to start
+        self.to_stop = []               # old workers a reload has still to stop
+        self.newcomer = None            # the new worker a reload waits for
+        self.reload_again = False
+
+    # -- the supervisor's loop ---------------------------------------------------
+
+    def run(self) -> int:
+        """Check, bind, start the workers, supervise until TERM or INT; the exit status."""
+        if not hasattr(os, "fork"):
+            print("wsgihost: worker processes need fork(), which this platform lacks",
+                  file=sys.stderr)
+            return 2
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _SUPERVISOR_SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        try:
+            report = self._check()
+            if report is None:
+                return 2            # the checker said why, in one line
+            try:
+                self._listen(report)
+            except OSError as exc:
+                print(exc.strerror or exc, file=sys.stderr)
+                return 1
+            _log_with_pids()
+            log.info("supervisor: starting %d worker processes", len(self.plan))
+            for index in range(len(self.plan)):
+                self._spawn(index)
+            while not self.stopping:
+                self._step()
+            self._stop_all()
+            return self.status
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._close_sockets(set())
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop_requests += 1
+
+    def _step(self):
+        """One turn: wait for a signal, a worker's word or a due restart; act on them."""
+        now = time.monotonic()
+        timeout = min([1.0] + [when - now for when, _ in self.restarts])
+        fds = [self._wake_r] + [w.status for w in self.workers.values() if w.status is not None]
+        readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        for fd in readable:
+            if fd == self._wake_r:
+                _drain(fd)
+            else:
+                self._hear(next(w for w in self.workers.values() if w.status == fd))
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("%s: stopping the workers (requests in flight may finish)",
+                         signal.Signals(signum).name)
+                self.stopping = True
+                return
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading")
+                self._reload()
+        self._reap()
+        now = time.monotonic()
+        for entry in [r for r in self.restarts if r[0] <= now]:
+            self.restarts.remove(entry)
+            if entry[1] < len(self.plan):
+                self._spawn(entry[1])
+        if self.reloading is not None:
+            self._roll()
+
+    def _hear(self, worker: _Worker):
+        """Read a worker's status lines: "ready", "reload"."""
+        try:
+            data = os.read(worker.status, 4096)
+        except BlockingIOError:
+            return
+        if not data:                        # it exited, or is exiting: _reap hears of it
+            os.close(worker.status)
+            worker.status = None
+            return
+        *lines, worker.pending = (worker.pending + data).split(b"\n")
+        for line in lines:
+            if line == b"ready":
+                worker.ready = True
+                if not self.serving and all(w.ready for w in self.workers.values()):
+                    self.serving = True
+            elif line == b"reload" and worker.generation == self.generation and not worker.stopping:
+                self._reload()
+
+    # -- workers: start, reap, replace ----------------------------------------------
+
+    def _fork(self, child) -> int:
+        """Fork; the child runs ``child()`` and exits with what it returns."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return pid
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _SUPERVISOR_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            for worker in self.workers.values():
+                if worker.status is not None:
+                    os.close(worker.status)
+            code = child()
+        except SystemExit as exc:
+            code = exc.code if type(exc.code) is int else 1
+        except BaseException:
+            log.exception("a worker process failed")
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def _spawn(self, index: int) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        pid = self._fork(lambda: self._serve(index, read_fd, write_fd))
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation)
+        return worker
+
+    def _reap(self):
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0
+            if pid:
+                self._exited(worker, status)
+
+    def _exited(self, worker: _Worker, status: int):
+        del self.workers[worker.pid]
+        if worker.status is not None:
+            os.close(worker.status)
+        reason = _exit_reason(status)
+        if worker.stopping:
+            log.debug("worker %d stopped: it %s", worker.pid, reason)
+            return
+        if worker is self.newcomer:
+            log.error("reload failed: the new worker %d %s before serving; the workers "
+                      "that serve stay", worker.pid, reason)
+            self._abandon_reload()
+            return
+        if not self.serving and not worker.ready:
+            log.error("worker %d %s before serving; stopping", worker.pid, reason)
+            self.status = 2 if os.waitstatus_to_exitcode(status) == 2 else 1
+            self.stopping = True
+            return
+        young = time.monotonic() - worker.started < WORKER_STABLE_TIME
+        self.young_deaths = self.young_deaths + 1 if young else 0
+        if worker in self.to_stop:          # the reload under way replaces it
+            self.to_stop.remove(worker)
+            log.warning("worker %d %s", worker.pid, reason)
+            return
+        delay = min(RESTART_BACKOFF * 2 ** self.young_deaths, RESTART_BACKOFF_MAX)
+        log.warning("worker %d %s; starting another in %.1f s", worker.pid, reason, delay)
+        self.restarts.append((time.monotonic() + delay, worker.index))
+
+    def _stop_worker(self, worker: _Worker, how=signal.SIGTERM):
+        worker.stopping = True
+        try:
+            os.kill(worker.pid, how)
+        except ProcessLookupError:
+            pass
+
+    def _stop_all(self):
+        """TERM to every worker; wait for them (shutdown_grace, and a margin); KILL the rest."""
+        self.restarts = []
+        for worker in self.workers.values():
+            self._stop_worker(worker)
+        deadline = time.monotonic() + self.grace + 5.0
+        requests = self.stop_requests
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            select.select([self._wake_r], [], [], 0.05)
+            _drain(self._wake_r)
+            if self.stop_requests > requests:
+                log.info("stopping now: killing the workers")
+                break
+        for worker in list(self.workers.values()):
+            self._stop_worker(worker, signal.SIGKILL)
+            os.waitpid(worker.pid, 0)
+            del self.workers[worker.pid]
+        log.info("stopped")
+
+    # -- reloading ---------------------------------------------------------------
+
+    def _reload(self):
+        """Check the config again, then replace the workers one by one (_roll)."""
+        if self.reloading is not None:
+            self.reload_again = True        # once this one is done
+            return
+        saved = (self.config, self.cbdir, self.keys, self.plan)
+        try:
+            if self.config_path is not None:
+                self.config, self.cbdir = load_config(self.config_path)
+            report = self._check()
+            if report is None:
+                raise ConfigError("", "the config or an app does not load (see above)", "")
+            self._listen(report)
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed: %s; the workers stay",
+                      exc.strerror if isinstance(exc, OSError) else exc)
+            self.config, self.cbdir, self.keys, self.plan = saved
+            return
+        self.generation += 1
+        self.reloading = saved
+        self.to_start = list(range(len(self.plan)))
+        self.to_stop = sorted((w for w in self.workers.values() if not w.stopping),
+                              key=lambda w: w.started)
+        self._roll()
+
+    def _roll(self):
+        """The next step of a reload: start a worker, or, once it serves, stop an old one."""
+        newcomer = self.newcomer
+        if newcomer is not None:
+            if not newcomer.ready:
+                if time.monotonic() - newcomer.started > WORKER_START_TIMEOUT:
+                    log.error("reload failed: the new worker %d did not start within %g s; the "
+                              "workers that serve stay", newcomer.pid, WORKER_START_TIMEOUT)
+                    self._stop_worker(newcomer, signal.SIGKILL)
+                    self._abandon_reload()
+                return
+            self.newcomer = None
+            if self.to_stop:
+                self._stop_worker(self.to_stop.pop(0))
+        if self.to_start:
+            self.newcomer = self._spawn(self.to_start.pop(0))
+            return
+        for worker in self.to_stop:
+            self._stop_worker(worker)
+        self.to_stop = []
+        self.reloading = None
+        log.info("reloaded: workers %s", ", ".join(
+            str(w.pid) for w in self.workers.values() if not w.stopping))
+        self._close_sockets(self._wanted())
+        if self.reload_again:
+            self.reload_again = False
+            self._reload()
+
+    def _abandon_reload(self):
+        self.config, self.cbdir, self.keys, self.plan = self.reloading
+        self.reloading = self.newcomer = None
+        self.to_start, self.to_stop = [], []
+        # A worker of the old plan that died meanwhile is replaced now.
+        covered = {w.index for w in self.workers.values() if not w.stopping}
+        covered.update(index for _, index in self.restarts)
+        for index in range(len(self.plan)):
+            if index not in covered:
+                self.restarts.append((time.monotonic(), index))
+
+    # -- checking the config, and its sockets ------------------------------------------
+
+    def _check(self):
+        """Check the config and import its apps in a short-lived child: its report, or None.
+
+        The report: each transport's endpoint, in config order, and the
+        longest shutdown_grace. Waits for the child (up to WORKER_START_TIMEOUT).
+        """
+        read_fd, write_fd = os.pipe()
+        pid = self._fork(lambda: self._check_in_child(read_fd, write_fd))
+        os.close(write_fd)
+        data, deadline = b"", time.monotonic() + WORKER_START_TIMEOUT
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    log.error("checking the config took over %g s: given up", WORKER_START_TIMEOUT)
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                if self.stop_requests:
+                    os.kill(pid, signal.SIGKILL)        # stopping: no time for it
+                    break
+                if select.select([read_fd], [], [], 0.5)[0]:
+                    chunk = os.read(read_fd, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            return None
+        return json.loads(data)
+
+    def _check_in_child(self, read_fd: int, write_fd: int) -> int:
+        os.close(read_fd)
+        for sock in self.sockets.values():
+            sock.close()
+        try:
+            transports = build_transports(self.config, self.cbdir, self.filename)
+        except ConfigError as exc:
+            if self.debug:
+                traceback.print_exc()
+            print(exc, file=sys.stderr)
+            return 2
+        report = {"grace": max(t.limits.shutdown_grace for t in transports),
+                  "endpoints": [{"worker": _router_worker(t), "family": int(t.family),
+                                 "host": t.host, "port": t.port, "backlog": t.backlog,
+                                 "shared": t.shared} for t in transports]}
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(json.dumps(report).encode())
+        return 0
+
+    def _listen(self, report: dict):
+        """Plan the workers for a report, and bind the sockets they need that are not
+        bound yet. OSError, naming the address, if one cannot be had."""
+        endpoints = report["endpoints"]
+        keys, shared = [], {}
+        for i, e in enumerate(endpoints):
+            family = socket.AddressFamily(e["family"])
+            # TCP port 0 is "any free port": never the same socket as another's.
+            key = (family, e["host"], e["port"] if e["port"] or family == _AF_UNIX else "#%d" % i)
+            if key in shared and not (shared[key] and e["shared"]):
+                raise OSError(errno.EADDRINUSE, "cannot listen on %s: Address already in use (by "
+                              "another transport of the config)"
+                              % endpoint_address(family, e["host"], e["port"]))
+            shared[key] = e["shared"]
+            keys.append(key)
+        plan = self._plan(keys, endpoints)
+        opened = {}
+        try:
+            for key, e in zip(keys, endpoints):
+                # Linux: a socket per worker (see above); the first checks the port is free.
+                own = len(plan) if REUSEPORT_BALANCES and key[0] != _AF_UNIX else 1
+                have = [self.sockets.get((key, n)) or opened.get((key, n)) for n in range(own)]
+                port = e["port"]
+                for n in range(own):
+                    if have[n] is None:
+                        address = endpoint_address(key[0], e["host"], port)
+                        try:
+                            if own > 1 and n == 0 and not e["shared"]:
+                                bind_listener(key[0], e["host"], port, 1).close()
+                            have[n] = opened[key, n] = bind_listener(
+                                key[0], e["host"], port, e["backlog"], e["shared"] or own > 1)
+                        except OSError as exc:
+                            raise OSError(exc.errno, "cannot listen on %s: %s"
+                                          % (address, exc.strerror or exc)) from exc
+                    if n == 0 and key[0] != _AF_UNIX:
+                        port = have[0].getsockname()[1]     # port 0: the others join the first
+        except BaseException:
+            for sock in opened.values():
+                sock.close()
+            raise
+        self.sockets.update(opened)
+        self.keys, self.plan, self.grace = keys, plan, report["grace"]
+
+    def _plan(self, keys: list, endpoints: list) -> list:
+        """What each worker serves: N copies of everything, or a router worker each."""
+        if self.copies == 1:
+            owners = collections.defaultdict(set)
+            for key, e in zip(keys, endpoints):
+                owners[key].add(e["worker"])
+            if any(len(workers) > 1 for workers in owners.values()):
+                return sorted({e["worker"] for e in endpoints})
+        return [None] * self.copies
+
+    def _wanted(self) -> set:
+        """The sockets the present plan uses."""
+        return {(key, n) for key in self.keys for n in range(len(self.plan))}
+
+    def _close_sockets(self, keep: set):
+        for key, n in [k for k in self.sockets if k not in keep]:
+            self.sockets.pop((key, n)).close()
+            if key[0] == _AF_UNIX:
+                try:
+                    os.unlink(key[1])
+                except OSError:
+                    pass
+
+    # -- a worker process ---------------------------------------------------------------
+
+    def _serve(self, index: int, read_fd: int, write_fd: int) -> int:
+        """A worker: import the apps, serve on the inherited sockets until TERM."""
+        os.close(read_fd)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        logging.disable(logging.WARNING)      # the checker has said it once
+        try:
+            transports = build_transports(self.config, self.cbdir, self.filename)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        finally:
+            logging.disable(logging.NOTSET)
+        serves = self.plan[index]
+        mine = []
+        for transport, key in zip(transports, self.keys):
+            if serves is None or _router_worker(transport) == serves:
+                sock = self.sockets.get((key, index)) or self.sockets[key, 0]
+                transport.listener = sock.dup()
+                transport.base_environ["wsgi.multiprocess"] = len(self.plan) > 1
+                transport.access_log = transport.access_log or self.access_log
+                mine.append(transport)
+        for sock in self.sockets.values():
+            sock.close()            # those it serves are dup()ed; the others are not its own
+        node = Node(transports=mine).start()
+        for transport in mine:
+            log.info("serving %s", ", ".join(transport.urls()))
+        os.write(write_fd, b"ready\n")
+        watcher = _ModuleWatcher([self.config_path]) if self.watch else None
+        while not stop.wait(RELOAD_POLL_INTERVAL):
+            if os.getppid() != self.pid:
+                log.warning("the supervisor is gone: stopping")
+                break
+            changed = watcher and watcher.changed()
+            if changed:
+                log.info("%s changed: asking for a reload", changed)
+                try:
+                    os.write(write_fd, b"reload\n")
+                except OSError:
+                    pass
+        node.stop()
+        return 0
+
+
+def _drain(fd: int):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+# =============================================================================
+# 14. Command line
+# =============================================================================
+# Crossbar's habits (a config file or node directory, --cbdir, --config) and
+# gunicorn's (MODULE:OBJECT, --bind, --workers, --reload): an app given on the
+# command line becomes a config of one router worker with one web transport
+# per --bind, so that both ways run the same code.
+
+#: A positional argument that is not a file or folder, and reads as
+#: module:object, is an app to serve (as gunicorn takes it).
+APP_SPEC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def parse_bind(text: str) -> dict:
+    """A --bind address as a config endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.
+
+    ``parse_bind("[::1]:8000")`` is ``{"type": "tcp", "interface": "::1",
+    "port": 8000, "version": 6}``; ":8000" is every interface. ValueError if
+    it is none of these.
+    """
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("unix: needs the socket file's path, as in unix:/run/app.sock")
+        return {"type": "unix", "path": text[5:]}
+    host, colon, port = text.rpartition(":")
+    if not colon or re.fullmatch(r"[0-9]{1,5}", port) is None:
+        raise ValueError("expected HOST:PORT, [IPV6]:PORT or unix:PATH, got %r" % text)
+    if int(port) > 65535:
+        raise ValueError("port %s out of range (0-65535) in %r" % (port, text))
+    endpoint = {"type": "tcp", "port": int(port), "interface": host}
+    if host.startswith("[") and host.endswith("]"):
+        endpoint.update(interface=host[1:-1], version=6)
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, as in [%s]:%s" % (host, port))
+    return endpoint
+
+
+def _command_line_config(args):
+    """The config the arguments ask for: (config, CBDIR, its name, its file or None)."""
+    app = args.app
+    target = args.config_path
+    if target and not os.path.exists(target) and APP_SPEC_RE.fullmatch(target):
+        if app:
+            raise ConfigError("--app", "two apps given (%s and %s): serve one" % (app, target),
+                              "wsgihost")
+        app, target = target, None
+    if app is None:
+        for flag, value in (("--bind", args.bind), ("--host", args.host), ("--port", args.port)):
+            if value is not None:
+                raise ConfigError(flag, "applies to an app given on the command line; a config "
+                                  "file names its own endpoints", "wsgihost")
+        path = config_file(_find_config(args))
+        config, cbdir = load_config(path)
+        return config, cbdir, path, path
+    if target or args.cbdir or args.config:
+        raise ConfigError("--app", "an app and a config file (%s) given: serve one or the other"
+                          % (target or _find_config(args)), "wsgihost")
+    module, colon, obj = app.partition(":")
+    if not colon or not module or not obj:
+        raise ConfigError("--app", "expected MODULE:OBJECT, got %r" % app, "wsgihost")
+    if args.bind and (args.host is not None or args.port is not None):
+        raise ConfigError("--bind", "give --bind, or --host and --port, not both", "wsgihost")
+    try:
+        endpoints = [parse_bind(text) for text in args.bind or ()] or [{
+            "type": "tcp", "port": 8080 if args.port is None else args.port,
+            "interface": "127.0.0.1" if args.host is None else args.host}]
+    except ValueError as exc:
+        raise ConfigError("--bind", str(exc), "wsgihost") from None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
+    service = {"type": "wsgi", "module": module, "object": obj}
+    transports = [{"type": "web", "endpoint": e, "paths": {"/": service}} for e in endpoints]
+    return {"workers": [{"type": "router", "transports": transports}]}, os.getcwd(), "--app", None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a number of processes (1 or more), got %r" % text)
+    return int(text)
+
 
 def _find_config(args) -> str:
     if args.config_path:
@@ -4278,15 +5004,25 @@ def _count_paths(transports) -> int:
 def main(argv=None) -> int:
     """The command line (README: Command line). Returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config.")
-    parser.add_argument("config_path", nargs="?", metavar="CONFIG",
-                        help="config file, or node directory holding config.json "
-                             "(default: .crossbar/config.json, else ./config.json)")
+        prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config, or one app.")
+    parser.add_argument("config_path", nargs="?", metavar="CONFIG | MODULE:OBJECT",
+                        help="config file, or a directory holding .crossbar/config.json or "
+                             "config.json (default: the current one); or an app to serve")
     parser.add_argument("--cbdir", help="node directory (Crossbar's flag)")
     parser.add_argument("--config", help="config file, relative to --cbdir")
     parser.add_argument("--app", metavar="MODULE:OBJECT", help="serve one WSGI app, no config file")
-    parser.add_argument("--host", default="127.0.0.1", help="with --app (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="with --app (default 8080)")
+    parser.add_argument("-b", "--bind", action="append", metavar="ADDRESS",
+                        help="with an app: HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable "
+                             "(default 127.0.0.1:8080)")
+    parser.add_argument("--host", help="with an app (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="with an app (default 8080)")
+    parser.add_argument("-w", "--workers", type=_positive, default=1, metavar="N",
+                        help="worker processes sharing the listening sockets (default 1)")
+    parser.add_argument("--reload", action="store_true",
+                        help="development: restart the workers when a module they imported, "
+                             "or the config, changes")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (Apache combined format), on every transport")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and import the apps, then exit")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
@@ -4297,18 +5033,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     try:
-        if args.app:
-            module, colon, obj = args.app.partition(":")
-            if not colon or not module or not obj:
-                raise ConfigError("--app", "expected MODULE:OBJECT, got %r" % args.app, "wsgihost")
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
-            config = {"workers": [{"type": "router", "transports": [{
-                "type": "web", "endpoint": {"type": "tcp", "port": args.port, "interface": args.host},
-                "paths": {"/": {"type": "wsgi", "module": module, "object": obj}}}]}]}
-            node = Node(config, os.getcwd(), "--app")
-        else:
-            node = Node.from_file(_find_config(args))
+        config, cbdir, filename, path = _command_line_config(args)
+        processes = not args.check and (args.workers > 1 or args.reload or _shares_ports(config))
+        if not processes:
+            node = Node(config, cbdir, filename)
     except ConfigError as exc:
         if args.loglevel == "debug":
             traceback.print_exc()
@@ -4317,6 +5045,12 @@ def main(argv=None) -> int:
     if args.check:
         print("ok: %d transports, %d paths" % (len(node.transports), _count_paths(node.transports)))
         return 0
+    if processes:
+        return Supervisor(config, cbdir, filename, args.workers, config_path=path,
+                          reload=args.reload, access_log=args.access_log,
+                          debug=args.loglevel == "debug").run()
+    for transport in node.transports:
+        transport.access_log = transport.access_log or args.access_log
     try:
         return run_node(node)
     except OSError as exc:          # a port in use, an address not ours
