@@ -3498,6 +3498,87 @@ class SubprocessTests(unittest.TestCase):
         proc.communicate(timeout=10)
 
 
+    def test_crossbar_init_config_serves_its_web_part(self):
+        """The node config ``crossbar init`` wrote from July 2016 to February 2019 (Crossbar's
+        crossbar/node/templates/default/.crossbar/config.json): a universal transport.
+        Only the interface is added, so that the test listens on loopback only."""
+        project = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, project)
+        os.mkdir(os.path.join(project, "web"))
+        with open(os.path.join(project, "web", "README.md"), "w") as f:
+            f.write("Put your web assets here.\n")
+        port = free_port()
+        anonymous = {"name": "anonymous", "permissions": [{
+            "uri": "", "match": "prefix", "cache": True,
+            "allow": {"call": True, "register": True, "publish": True, "subscribe": True},
+            "disclose": {"caller": False, "publisher": False}}]}
+        config = {
+            "$schema": "https://raw.githubusercontent.com/crossbario/crossbar/master/crossbar.json",
+            "version": 2,
+            "controller": {},
+            "workers": [{
+                "type": "router",
+                "realms": [{"name": "realm1", "roles": [anonymous]}],
+                "transports": [{
+                    "type": "universal",
+                    "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1"},
+                    "rawsocket": {},
+                    "websocket": {"ws": {"type": "websocket"}},
+                    "web": {"paths": {
+                        "/": {"type": "static", "directory": "../web",
+                              "options": {"enable_directory_listing": True}},
+                        "info": {"type": "nodeinfo"}}}}]}]}
+        os.mkdir(os.path.join(project, ".crossbar"))
+        write_json(os.path.join(project, ".crossbar", "config.json"), config)
+        proc = self.start([], project)          # as "crossbar start" would be run
+        self.wait_for_port(port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b'<a href="README.md">README.md</a>', resp.read())
+        conn.request("GET", "/README.md")
+        self.assertEqual(conn.getresponse().read(), b"Put your web assets here.\n")
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        err = err.decode()
+        where = ".crossbar/config.json: workers[0]"
+        for warning in ["%s: 'realms' is ignored by wsgihost" % where,
+                        "%s.transports[0].rawsocket: not served: WAMP over RawSocket" % where,
+                        "%s.transports[0].websocket: not served: WAMP over WebSocket" % where,
+                        '%s.transports[0].web.paths["info"]: not served: "nodeinfo"' % where,
+                        "serving http://127.0.0.1:%d/ (static" % port]:
+            self.assertIn(warning, err)
+
+    def test_app_on_a_unix_socket_and_tcp_with_access_log(self):
+        run = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, run)
+        port = free_port()
+        proc = self.start(["test_wsgihost:environ_app", "--bind", "unix:" + os.path.join(run, "app.sock"),
+                           "-b", "127.0.0.1:%d" % port, "--access-log"], HERE)
+        self.wait_for_port(port, proc)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(os.path.join(run, "app.sock"))
+            sock.sendall(b"GET /via-unix HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            environ = json.loads(split_responses(recv_until_closed(sock))[0].body)
+        self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("127.0.0.1", "/via-unix"))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/via-tcp")
+        self.assertEqual(json.loads(conn.getresponse().read())["PATH_INFO"], "/via-tcp")
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        err = err.decode()
+        self.assertIn("serving http://unix:%s/app.sock:/ (wsgi test_wsgihost:environ_app)" % run, err)
+        self.assertRegex(err, r'127\.0\.0\.1 - - \[[^]]+\] "GET /via-unix HTTP/1\.1" 200 \d+ "-" "-"')
+        self.assertRegex(err, r'127\.0\.0\.1 - - \[[^]]+\] "GET /via-tcp HTTP/1\.1" 200 \d+ "-" ')
+        self.assertFalse(os.path.exists(os.path.join(run, "app.sock")))
+
+
 def module_identity_app(environ, start_response):
     import wsgihost as imported
     start_response("200 OK", TEXT)

@@ -3030,7 +3030,7 @@ def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
 
 def _universal_web_part(where: _Where, transport: dict):
     """Crossbar's "universal" transport: one endpoint whose connections are told
-    apart by their first bytes (what ``crossbar init`` wrote from 2017 to 2019).
+    apart by their first bytes (what ``crossbar init`` wrote from 2016 to 2019).
 
     Returns (its JSON path, its "web" part), or (None, None) when it has none.
     wsgihost serves the web part; WAMP over RawSocket, WebSocket or MQTT needs
@@ -4516,8 +4516,10 @@ class Supervisor:
         for fd in readable:
             if fd == self._wake_r:
                 _drain(fd)
-            else:
-                self._hear(next(w for w in self.workers.values() if w.status == fd))
+                continue
+            worker = next((w for w in self.workers.values() if w.status == fd), None)
+            if worker is not None:          # (a reload while hearing another may have moved it)
+                self._hear(worker)
         while self.signals:
             signum = self.signals.popleft()
             if signum in (signal.SIGTERM, signal.SIGINT):
