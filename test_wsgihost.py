@@ -4332,13 +4332,70 @@ class ConfigTests(unittest.TestCase):
                                '.crossbar/config.json: workers[0].transports[0].paths["/"]: minthreads '
                                '(5) must not exceed maxthreads (4)')
 
-    def test_unsupported_yet(self):
+    def test_tls_endpoint_without_its_key(self):
         self.assertConfigError(web_config({}, {"type": "tcp", "port": 1, "tls": {}}),
                                '.crossbar/config.json: workers[0].transports[0].endpoint.tls: a TLS '
                                'endpoint needs "key" (a PEM file)')
-        self.assertConfigError(web_config({}, {"type": "unix", "path": "x"}),
-                               ".crossbar/config.json: workers[0].transports[0].endpoint.type: unix "
-                               "socket endpoints are not supported yet")
+
+    def test_unix_endpoint(self):
+        paths = {"ws": {"type": "websocket"}}
+        transport = wsgihost.build_transports(
+            web_config(paths, {"type": "unix", "path": "run/app.sock", "backlog": 7}), "/srv/node")[0]
+        self.assertEqual((transport.family, transport.host, transport.backlog),
+                         (socket.AF_UNIX, "/srv/node/run/app.sock", 7))     # CBDIR-relative
+        self.assertEqual(transport.address(), "unix:/srv/node/run/app.sock")
+        self.assertEqual(transport.urls(), ["ws://unix:/srv/node/run/app.sock:/ws (websocket)"])
+        self.assertConfigError(web_config(paths, {"type": "unix"}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint: a "unix" '
+                               'endpoint needs "path" (the socket file, relative to the node directory)')
+        self.assertConfigError(web_config(paths, {"type": "unix", "path": ""}),
+                               ".crossbar/config.json: workers[0].transports[0].endpoint.path: "
+                               "expected a file path, got an empty string")
+        self.assertConfigError(web_config(paths, {"type": "unix", "path": "a", "port": 80}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint: unknown key '
+                               '"port" (expected one of: backlog, path, type)')
+        self.assertConfigError(web_config(paths, {"type": "pipe"}),
+                               '.crossbar/config.json: workers[0].transports[0].endpoint.type: endpoint '
+                               'type "pipe" is not supported (expected "tcp" or "unix")')
+
+    def test_universal_transport_serves_its_web_part(self):
+        web = {"paths": {"/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}},
+               "options": {"access_log": True}}
+        universal = {"type": "universal", "endpoint": {"type": "tcp", "port": 8080},
+                     "rawsocket": {}, "websocket": {"ws": {"type": "websocket"}}, "web": web}
+        config = {"workers": [{"type": "router", "transports": [universal]}]}
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            transport, = wsgihost.build_transports(config, ".", ".crossbar/config.json")
+        self.assertEqual((transport.port, transport.access_log), (8080, True))
+        self.assertEqual(transport.urls(), ["http://0.0.0.0:8080/ (wsgi test_wsgihost:hello_app)"])
+        self.assertEqual([r.getMessage() for r in logs.records], [
+            '.crossbar/config.json: workers[0].transports[0].rawsocket: not served: WAMP over RawSocket '
+            'needs a WAMP router, which wsgihost does not provide (the "web" part is served)',
+            '.crossbar/config.json: workers[0].transports[0].websocket: not served: WAMP over WebSocket '
+            'needs a WAMP router, which wsgihost does not provide (the "web" part is served)'])
+        # Errors in the web part name its JSON path.
+        web["paths"]["/"]["type"] = "wsgj"
+        self.assertConfigError(config, '.crossbar/config.json: workers[0].transports[0].web.paths["/"]: '
+                                       'unknown type "wsgj" (expected one of: json, path, redirect, '
+                                       'static, websocket, wsgi)')
+        self.assertConfigError(dict(config, workers=[{"type": "router", "transports": [
+            dict(universal, web={"paths": {}, "endpoint": {}})]}]),
+            '.crossbar/config.json: workers[0].transports[0].web: unknown key "endpoint" (expected one '
+            'of: options, paths)')
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            self.assertConfigError({"workers": [{"type": "router", "transports": [
+                {"type": "universal", "endpoint": {"type": "tcp", "port": 8080}, "rawsocket": {}}]}]},
+                ".crossbar/config.json: workers: no web transport to serve")
+        self.assertIn('workers[0].transports[0]: a universal transport without a "web" part: nothing '
+                      'to serve', logs.output[-1])
+
+    def test_nodeinfo_path_is_skipped_with_a_warning(self):
+        with self.assertLogs("wsgihost", "WARNING") as logs:
+            transport, = wsgihost.build_transports(web_config(
+                {"info": {"type": "nodeinfo"}, "ws": {"type": "websocket"}}), ".", "c.json")
+        self.assertEqual([path for path, _ in transport.root.services()], ["/ws"])
+        self.assertEqual(logs.records[0].getMessage(), 'c.json: workers[0].transports[0].paths["info"]: '
+                         'not served: "nodeinfo" is Crossbar\'s page about its own node')
 
     def test_port_values(self):
         self.assertConfigError(web_config({}, {"type": "tcp", "port": "8080"}),
@@ -4718,6 +4775,73 @@ class ServiceConfigTests(unittest.TestCase):
                                        "http://0.0.0.0:0/static (static)"])
 
 
+@unittest.skipUnless(hasattr(socket, "AF_UNIX"), "no unix sockets on this platform")
+class UnixSocketTests(unittest.TestCase):
+    """{"type": "unix", "path": ...} endpoints: CBDIR-relative, stale files removed, live ones kept."""
+
+    def setUp(self):
+        self.cbdir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.cbdir)
+        self.path = os.path.join(self.cbdir, "run", "app.sock")
+        os.mkdir(os.path.dirname(self.path))
+
+    def start(self):
+        config = web_config({"/": {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}},
+                            {"type": "unix", "path": "run/app.sock"})
+        node = wsgihost.Node(config, self.cbdir).start()
+        self.addCleanup(node.stop, 1)
+        return node
+
+    def get(self, path="/x") -> Resp:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(self.path)
+            sock.sendall(b"GET %s HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n" % path.encode())
+            return split_responses(recv_until_closed(sock))[0]
+
+    def test_served_with_a_local_remote_addr(self):
+        node = self.start()
+        self.assertEqual(node.urls(), ["http://unix:%s:/ (wsgi test_wsgihost:environ_app)" % self.path])
+        resp = self.get()
+        self.assertEqual(resp.status, 200)
+        environ = json.loads(resp.body)
+        self.assertEqual({k: environ[k] for k in ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_NAME",
+                                                   "SERVER_PORT", "PATH_INFO", "HTTP_HOST")},
+                         {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "0", "SERVER_NAME": "localhost",
+                          "SERVER_PORT": "80", "PATH_INFO": "/x", "HTTP_HOST": "app"})
+        node.stop(1)
+        self.assertFalse(os.path.exists(self.path))     # the socket file goes with the server
+
+    def test_stale_socket_file_is_replaced(self):
+        dead = socket.socket(socket.AF_UNIX)
+        dead.bind(self.path)            # bound, never listening: what a killed server leaves
+        dead.close()
+        self.assertTrue(os.path.exists(self.path))
+        self.start()
+        self.assertEqual(self.get().status, 200)
+
+    def test_live_socket_is_an_error(self):
+        live = socket.socket(socket.AF_UNIX)
+        self.addCleanup(live.close)
+        live.bind(self.path)
+        live.listen()
+        with self.assertRaises(OSError) as ctx:
+            self.start()
+        self.assertEqual(str(ctx.exception.strerror), "cannot listen on unix:%s: Address already in "
+                         "use (a server answers on this socket)" % self.path)
+        self.assertTrue(os.path.exists(self.path))       # still the other server's
+
+    def test_a_file_that_is_not_a_socket_is_left_alone(self):
+        with open(self.path, "w") as f:
+            f.write("data")
+        with self.assertRaises(OSError) as ctx:
+            self.start()
+        self.assertEqual(ctx.exception.strerror, "cannot listen on unix:%s: a file that is not a "
+                         "socket is there (not removed)" % self.path)
+        with open(self.path) as f:
+            self.assertEqual(f.read(), "data")
+
+
 class CommandLineTests(unittest.TestCase):
 
     def run_main(self, *argv):
@@ -4813,6 +4937,73 @@ class CommandLineTests(unittest.TestCase):
     def test_bad_app_spec(self):
         status, out, err = self.run_main("--app", "nocolon")
         self.assertEqual((status, err), (2, "wsgihost: --app: expected MODULE:OBJECT, got 'nocolon'\n"))
+
+    def test_check_finds_the_node_directory_of_a_project(self):
+        # As a plain run does: DIR/.crossbar/config.json, else DIR/config.json.
+        status, out, err = self.run_main("--check", os.path.join(HERE, "examples", "hello"))
+        self.assertEqual((status, out), (0, "ok: 1 transports, 3 paths\n"))
+
+    def test_app_and_config_together_is_an_error(self):
+        hello = os.path.join(HERE, "examples", "hello")
+        status, out, err = self.run_main("--app", "test_wsgihost:hello_app", hello)
+        self.assertEqual((status, err), (2, "wsgihost: --app: an app and a config file (%s) given: "
+                                            "serve one or the other\n" % hello))
+        status, out, err = self.run_main("test_wsgihost:hello_app", "--app", "test_wsgihost:environ_app")
+        self.assertEqual((status, err), (2, "wsgihost: --app: two apps given (test_wsgihost:environ_app "
+                                            "and test_wsgihost:hello_app): serve one\n"))
+
+    def test_listening_flags_belong_to_an_app(self):
+        hello = os.path.join(HERE, "examples", "hello")
+        for flags in (["--bind", "127.0.0.1:1"], ["--port", "1"], ["--host", "::1"]):
+            status, out, err = self.run_main(hello, *flags)
+            self.assertEqual((status, err), (2, "wsgihost: %s: applies to an app given on the command "
+                                                "line; a config file names its own endpoints\n" % flags[0]))
+        status, out, err = self.run_main("test_wsgihost:hello_app", "--bind", "127.0.0.1:1", "--port", "2")
+        self.assertEqual((status, err), (2, "wsgihost: --bind: give --bind, or --host and --port, not both\n"))
+        status, out, err = self.run_main("test_wsgihost:hello_app", "--bind", "localhost")
+        self.assertEqual((status, err), (2, "wsgihost: --bind: expected HOST:PORT, [IPV6]:PORT or "
+                                            "unix:PATH, got 'localhost'\n"))
+
+    def test_app_given_as_gunicorn_takes_it(self):
+        status, out, err = self.run_main("--check", "test_wsgihost:hello_app", "-b", "127.0.0.1:8000",
+                                         "--bind", "[::1]:8000", "--bind", "unix:app.sock")
+        self.assertEqual((status, out, err), (0, "ok: 3 transports, 3 paths\n", ""))
+        status, out, err = self.run_main("--check", "no_such_module_here:app")
+        self.assertEqual(status, 2)
+        self.assertTrue(err.startswith('--app: workers[0].transports[0].paths["/"]: cannot import module '
+                                       '"no_such_module_here"'), err)
+
+    def test_workers_must_be_a_positive_number(self):
+        for value in ("0", "-1", "two"):
+            status, out, err = self.run_main("test_wsgihost:hello_app", "--workers", value)
+            self.assertEqual(status, 2)
+            self.assertIn("argument -w/--workers: expected a number of processes (1 or more), got %r"
+                          % value, err)
+
+
+class ParseBindTests(unittest.TestCase):
+
+    def test_addresses(self):
+        self.assertEqual(wsgihost.parse_bind("127.0.0.1:8000"),
+                         {"type": "tcp", "interface": "127.0.0.1", "port": 8000})
+        self.assertEqual(wsgihost.parse_bind("[::1]:8000"),
+                         {"type": "tcp", "interface": "::1", "port": 8000, "version": 6})
+        self.assertEqual(wsgihost.parse_bind(":80"), {"type": "tcp", "interface": "", "port": 80})
+        self.assertEqual(wsgihost.parse_bind("unix:/run/app.sock"), {"type": "unix", "path": "/run/app.sock"})
+        self.assertEqual(wsgihost.parse_bind("unix:app.sock"), {"type": "unix", "path": "app.sock"})
+
+    def test_errors(self):
+        for text, message in [
+                ("localhost", "expected HOST:PORT, [IPV6]:PORT or unix:PATH, got 'localhost'"),
+                ("host:http", "expected HOST:PORT, [IPV6]:PORT or unix:PATH, got 'host:http'"),
+                ("host:", "expected HOST:PORT, [IPV6]:PORT or unix:PATH, got 'host:'"),
+                ("host:+80", "expected HOST:PORT, [IPV6]:PORT or unix:PATH, got 'host:+80'"),
+                ("host:70000", "port 70000 out of range (0-65535) in 'host:70000'"),
+                ("::1:8000", "an IPv6 address goes in brackets, as in [::1]:8000"),
+                ("unix:", "unix: needs the socket file's path, as in unix:/run/app.sock")]:
+            with self.assertRaises(ValueError) as ctx:
+                wsgihost.parse_bind(text)
+            self.assertEqual(str(ctx.exception), message)
 
 
 def wait_until(condition, message, timeout=30):
@@ -4958,10 +5149,457 @@ class SubprocessTests(unittest.TestCase):
         proc.communicate(timeout=60)
 
 
+    def test_crossbar_init_config_serves_its_web_part(self):
+        """The node config ``crossbar init`` wrote from July 2016 to February 2019 (Crossbar's
+        crossbar/node/templates/default/.crossbar/config.json): a universal transport.
+        Only the interface is added, so that the test listens on loopback only."""
+        project = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, project)
+        os.mkdir(os.path.join(project, "web"))
+        with open(os.path.join(project, "web", "README.md"), "w") as f:
+            f.write("Put your web assets here.\n")
+        port = free_port()
+        anonymous = {"name": "anonymous", "permissions": [{
+            "uri": "", "match": "prefix", "cache": True,
+            "allow": {"call": True, "register": True, "publish": True, "subscribe": True},
+            "disclose": {"caller": False, "publisher": False}}]}
+        config = {
+            "$schema": "https://raw.githubusercontent.com/crossbario/crossbar/master/crossbar.json",
+            "version": 2,
+            "controller": {},
+            "workers": [{
+                "type": "router",
+                "realms": [{"name": "realm1", "roles": [anonymous]}],
+                "transports": [{
+                    "type": "universal",
+                    "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1"},
+                    "rawsocket": {},
+                    "websocket": {"ws": {"type": "websocket"}},
+                    "web": {"paths": {
+                        "/": {"type": "static", "directory": "../web",
+                              "options": {"enable_directory_listing": True}},
+                        "info": {"type": "nodeinfo"}}}}]}]}
+        os.mkdir(os.path.join(project, ".crossbar"))
+        write_json(os.path.join(project, ".crossbar", "config.json"), config)
+        proc = self.start([], project)          # as "crossbar start" would be run
+        self.wait_for_port(port, proc)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertIn(b'<a href="README.md">README.md</a>', resp.read())
+        conn.request("GET", "/README.md")
+        self.assertEqual(conn.getresponse().read(), b"Put your web assets here.\n")
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        err = err.decode()
+        where = ".crossbar/config.json: workers[0]"
+        for warning in ["%s: 'realms' is ignored by wsgihost" % where,
+                        "%s.transports[0].rawsocket: not served: WAMP over RawSocket" % where,
+                        "%s.transports[0].websocket: not served: WAMP over WebSocket" % where,
+                        '%s.transports[0].web.paths["info"]: not served: "nodeinfo"' % where,
+                        "serving http://127.0.0.1:%d/ (static" % port]:
+            self.assertIn(warning, err)
+
+    def test_app_on_a_unix_socket_and_tcp_with_access_log(self):
+        run = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, run)
+        port = free_port()
+        proc = self.start(["test_wsgihost:environ_app", "--bind", "unix:" + os.path.join(run, "app.sock"),
+                           "-b", "127.0.0.1:%d" % port, "--access-log"], HERE)
+        self.wait_for_port(port, proc)
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(os.path.join(run, "app.sock"))
+            sock.sendall(b"GET /via-unix HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            environ = json.loads(split_responses(recv_until_closed(sock))[0].body)
+        self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("127.0.0.1", "/via-unix"))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/via-tcp")
+        self.assertEqual(json.loads(conn.getresponse().read())["PATH_INFO"], "/via-tcp")
+        conn.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, 0, err)
+        err = err.decode()
+        self.assertIn("serving http://unix:%s/app.sock:/ (wsgi test_wsgihost:environ_app)" % run, err)
+        self.assertRegex(err, r'127\.0\.0\.1 - - \[[^]]+\] "GET /via-unix HTTP/1\.1" 200 \d+ "-" "-"')
+        self.assertRegex(err, r'127\.0\.0\.1 - - \[[^]]+\] "GET /via-tcp HTTP/1\.1" 200 \d+ "-" ')
+        self.assertFalse(os.path.exists(os.path.join(run, "app.sock")))
+
+
 def module_identity_app(environ, start_response):
     import wsgihost as imported
     start_response("200 OK", TEXT)
     return [str(imported is sys.modules["__main__"]).encode()]
+
+
+# -----------------------------------------------------------------------------
+# 13. Worker processes: the supervisor
+# -----------------------------------------------------------------------------
+
+def pid_app(environ, start_response):
+    """For the worker tests: which process answers. A POST's body is a request
+    id; the app appends it to $WSGIHOST_TEST_LOG as it starts on it, then takes
+    $WSGIHOST_TEST_DELAY seconds."""
+    body = environ["wsgi.input"].read()
+    if body:
+        fd = os.open(os.environ["WSGIHOST_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, body + b"\n")
+        finally:
+            os.close(fd)
+        time.sleep(float(os.environ.get("WSGIHOST_TEST_DELAY", "0")))
+    reply = json.dumps({"pid": os.getpid(), "multiprocess": environ["wsgi.multiprocess"],
+                        "id": body.decode()}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))])
+    return [reply]
+
+
+def get_json(port: int, path: str = "/") -> dict:
+    """GET on a new connection; the JSON answer."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200, (resp.status, body)
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+class KeepAliveLoad:
+    """Client threads sending numbered POSTs on keep-alive connections, and what became of each.
+
+    A request sent on a connection that the server closes before any answer
+    (it was stopping, and closed the connections waiting for a request) is
+    sent again on a new one, as RFC 9112 §9.3.1 lets a client do; the app's
+    log shows whether it had reached the app (it must not have). A new
+    connection that cannot be made is "refused", and ends that client.
+    """
+
+    def __init__(self, port: int, clients: int = 6):
+        self.port = port
+        self.answered = {}              # id -> (pid, time.monotonic() of the answer)
+        self.retried = 0
+        self.refused = []               # (id, error)
+        self.errors = []                # wrong answers, or a failure once an answer had begun
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._client, args=(n,), daemon=True)
+                        for n in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def _client(self, n: int):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            for i in range(100000):
+                if self.stopping.is_set() or not self._send(conn, "%d-%d" % (n, i)):
+                    return
+        finally:
+            conn.close()
+
+    def _send(self, conn, rid: str) -> bool:
+        for _ in range(100):
+            if conn.sock is None:
+                try:
+                    conn.connect()
+                except OSError as exc:
+                    with self.lock:
+                        self.refused.append((rid, repr(exc)))
+                    return False
+            try:
+                conn.request("POST", "/", body=rid.encode())
+                resp = conn.getresponse()
+            except (OSError, http.client.HTTPException):
+                conn.close()                # closed before any answer: send it again
+                with self.lock:
+                    self.retried += 1
+                continue
+            try:
+                answer = json.loads(resp.read())
+                if resp.status != 200 or answer["id"] != rid:
+                    raise ValueError((resp.status, answer))
+            except Exception as exc:
+                with self.lock:
+                    self.errors.append((rid, repr(exc)))
+                return False
+            with self.lock:
+                self.answered[rid] = (answer["pid"], time.monotonic())
+            return True
+        with self.lock:
+            self.errors.append((rid, "closed before any answer 100 times"))
+        return False
+
+    def finish(self, timeout: float = 60):
+        self.stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self.threads), "clients still running"
+
+    def pids(self, since: float = 0.0) -> set:
+        with self.lock:
+            return {pid for pid, when in self.answered.values() if when > since}
+
+
+class WorkerProcessTests(unittest.TestCase):
+    """--workers N, shared router workers, and the supervisor's signals, through the command line."""
+
+    def start(self, args, port: int, cwd=HERE, delay=0.0, wait=True):
+        """The command line in a subprocess serving on ``port`` (waits until GET / is
+        answered, unless not ``wait``); stderr goes to a file."""
+        self.port = port
+        self.tmp = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.log_path = os.path.join(self.tmp, "processed.log")
+        self.err_path = os.path.join(self.tmp, "stderr.txt")
+        env = dict(os.environ, WSGIHOST_TEST_LOG=self.log_path, WSGIHOST_TEST_DELAY=str(delay))
+        with open(self.err_path, "wb") as err:
+            proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py")] + args,
+                                    cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        self.addCleanup(self.kill_all, proc)
+        if wait:
+            self.wait_for(lambda: proc.poll() is not None or _answers(port) is not None, "the server")
+            self.assertIsNone(proc.poll(), self.stderr())
+        return proc
+
+    def kill_all(self, proc):
+        """After a failed test: TERM (the supervisor passes it on), then KILL."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def stderr(self) -> str:
+        with open(self.err_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_for(self, condition, what: str, timeout: float = 60):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                self.fail("%s: not within %g s; stderr:\n%s" % (what, timeout, self.stderr()))
+            time.sleep(0.05)
+
+    def processed(self) -> list:
+        """The request ids the app started on, in every worker."""
+        try:
+            with open(self.log_path) as f:
+                return f.read().split()
+        except FileNotFoundError:
+            return []
+
+    def pids_seen(self, count: int, timeout: float = 60) -> set:
+        """Fresh connections until ``count`` different worker pids have answered."""
+        pids = set()
+        deadline = time.monotonic() + timeout
+        while len(pids) < count:
+            if time.monotonic() > deadline:
+                self.fail("only pids %s answered within %g s; stderr:\n%s" % (pids, timeout, self.stderr()))
+            answer = get_json(self.port)
+            self.assertIs(answer["multiprocess"], True)
+            pids.add(answer["pid"])
+        return pids
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(60), 0, self.stderr())
+
+    def start_app(self, *args, delay=0.0, cwd=HERE):
+        """``wsgihost APP -w 2 -b 127.0.0.1:PORT``, as a gunicorn user types it."""
+        port = free_port()
+        return self.start(list(args) + ["--workers", "2", "--bind", "127.0.0.1:%d" % port], port,
+                          cwd, delay)
+
+    def test_two_workers_answer_from_two_processes(self):
+        proc = self.start_app("test_wsgihost:pid_app")
+        pids = self.pids_seen(2)
+        self.assertNotIn(proc.pid, pids)
+        self.stop(proc)
+        err = self.stderr()
+        self.assertIn("[%d] supervisor: starting 2 worker processes" % proc.pid, err)
+        for pid in pids:                # each worker logs with its pid
+            self.assertIn("[%d] serving http://127.0.0.1:%d/ (wsgi test_wsgihost:pid_app)"
+                          % (pid, self.port), err)
+        self.assertIn("[%d] SIGTERM: stopping the workers" % proc.pid, err)
+
+    def test_a_killed_worker_is_replaced_and_the_node_keeps_serving(self):
+        proc = self.start_app("test_wsgihost:pid_app")
+        pids = self.pids_seen(2)
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        seen = set()
+        deadline = time.monotonic() + 60
+        while not seen - pids:          # every request is answered meanwhile
+            self.assertLess(time.monotonic(), deadline, "no new worker; stderr:\n" + self.stderr())
+            seen.add(get_json(self.port)["pid"])
+        self.assertNotIn(victim, seen)
+        self.assertIn("worker %d was killed by SIGKILL; starting another in" % victim, self.stderr())
+        self.stop(proc)
+
+    def test_sigterm_under_load_loses_no_request(self):
+        proc = self.start_app("test_wsgihost:pid_app", delay=0.2)
+        load = KeepAliveLoad(self.port)
+        self.addCleanup(load.stopping.set)
+        self.wait_for(lambda: len(load.answered) >= 30, "30 answers")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(60), 0, self.stderr())
+        load.finish()
+        processed = self.processed()
+        self.assertEqual(len(processed), len(set(processed)))       # each reached the app once
+        self.assertEqual(set(processed), set(load.answered))        # and each that did was answered
+        self.assertEqual(load.errors, [])
+        self.assertTrue(load.pids(since=signalled), "no request in flight finished after SIGTERM")
+        self.assertIn("SIGTERM: stopping the workers (requests in flight may finish)", self.stderr())
+
+    def test_sighup_under_load_replaces_the_workers_and_refuses_nothing(self):
+        proc = self.start_app("test_wsgihost:pid_app", delay=0.02)
+        load = KeepAliveLoad(self.port)
+        self.addCleanup(load.stopping.set)
+        old = self.pids_seen(2)
+        self.wait_for(lambda: len(load.answered) >= 50, "50 answers")
+        proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: "reloaded: workers" in self.stderr(), "the reload")
+        self.wait_for(lambda: not any(_alive(pid) for pid in old), "the old workers' exit")
+        gone = time.monotonic()
+        count = len(load.answered)
+        self.wait_for(lambda: len(load.answered) >= count + 50, "50 answers after the reload")
+        load.finish()
+        self.assertTrue(load.pids(since=gone))
+        self.assertFalse(self.pids_seen(2) & old)            # two new workers serve
+        self.assertEqual(load.refused, [])
+        self.assertEqual(load.errors, [])
+        processed = self.processed()
+        self.assertEqual(len(processed), len(set(processed)))       # a retried request had not arrived
+        self.assertEqual(set(processed), set(load.answered))
+        self.stop(proc)
+
+    def test_a_reload_that_fails_keeps_the_workers(self):
+        app_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, app_dir)
+        module = os.path.join(app_dir, "versioned.py")
+        write_module(module, "v1")
+        proc = self.start_app("versioned:app", cwd=app_dir)
+        before = self.pids_seen(2)
+        write_module(module, "v2", broken=True)
+        proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: "reload failed" in self.stderr(), "the failed reload")
+        self.assertIn('--app: workers[0].transports[0].paths["/"]: cannot import module "versioned": '
+                      'SyntaxError', self.stderr())
+        self.assertEqual(self.pids_seen(2), before)         # the same workers, still serving
+        self.assertEqual(get_json(self.port)["version"], "v1")
+        write_module(module, "v3")
+        proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: (_answers(self.port) or {}).get("version") == "v3", "v3 served")
+        self.stop(proc)
+
+    def test_reload_flag_follows_module_and_config_changes(self):
+        project = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, project)
+        module = os.path.join(project, "versioned.py")
+        write_module(module, "v1")
+        os.mkdir(os.path.join(project, ".crossbar"))
+        config_path = os.path.join(project, ".crossbar", "config.json")
+        paths = {"/": {"type": "wsgi", "module": "versioned", "object": "app"}}
+        config = web_config(paths, {"type": "tcp", "port": free_port(), "interface": "127.0.0.1"})
+        config["workers"][0]["options"] = {"pythonpath": [".."]}
+        write_json(config_path, config)
+        proc = self.start(["--reload"], config["workers"][0]["transports"][0]["endpoint"]["port"],
+                          cwd=project)
+        self.assertEqual(get_json(self.port)["version"], "v1")
+        write_module(module, "v2")
+        self.wait_for(lambda: (_answers(self.port) or {}).get("version") == "v2", "v2 served")
+        self.assertIn("versioned.py changed: asking for a reload", self.stderr())
+        paths["json"] = {"type": "json", "value": {"version": "from the config"}}
+        write_json(config_path, config)
+        self.wait_for(lambda: _answers(self.port, "/json") == {"version": "from the config"},
+                      "the new path")
+        self.stop(proc)
+
+    def test_router_workers_sharing_a_port_run_as_processes(self):
+        node_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, node_dir)
+        port = free_port()
+        transport = {"type": "web", "endpoint": {"type": "tcp", "port": port, "interface": "127.0.0.1",
+                                                 "shared": True},
+                     "paths": {"/": {"type": "wsgi", "module": "test_wsgihost", "object": "pid_app"}}}
+        write_json(os.path.join(node_dir, "config.json"), {"workers": [
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]},
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]}]})
+        proc = self.start([node_dir], port)
+        self.pids_seen(2)
+        self.assertIn("supervisor: starting 2 worker processes", self.stderr())
+        self.stop(proc)
+
+    def test_bad_config_is_one_line_and_exit_2_before_any_worker(self):
+        proc = self.start(["test_wsgihost:no_such_app", "-w", "2"], 0, wait=False)
+        self.assertEqual(proc.wait(60), 2)
+        self.assertEqual(self.stderr(), '--app: workers[0].transports[0].paths["/"]: module '
+                                        '"test_wsgihost" has no object "no_such_app"\n')
+
+    def test_port_in_use_is_exit_1(self):
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            proc = self.start(["test_wsgihost:pid_app", "-w", "2", "-b", "127.0.0.1:%d" % port], port,
+                              wait=False)
+            self.assertEqual(proc.wait(60), 1)
+        self.assertEqual(self.stderr(), "cannot listen on 127.0.0.1:%d: Address already in use\n" % port)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _answers(port: int, path: str = "/"):
+    """The JSON a GET gets, or None if nothing answers yet."""
+    try:
+        return get_json(port, path)
+    except (OSError, AssertionError):
+        return None
+
+
+def write_module(path: str, version: str, broken: bool = False):
+    """A WSGI app answering {"version": version}, with an mtime that differs from the last."""
+    with open(path, "w") as f:
+        f.write("import json, os\n"
+                "def app(environ, start_response):\n"
+                "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+                "    return [json.dumps({'version': %r, 'pid': os.getpid(),\n"
+                "                        'multiprocess': environ['wsgi.multiprocess']}).encode()]\n"
+                % version)
+        if broken:
+            f.write("def broken(:\n")
+    _bump_mtime(path)
+
+
+_MTIME_STEPS = iter(range(2, 10**6, 2))
+
+
+def _bump_mtime(path: str):
+    """A later mtime than the file's last, by whole seconds (mtimes can be coarse)."""
+    stamp = time.time() + next(_MTIME_STEPS)
+    os.utime(path, (stamp, stamp))
+
+
+def write_json(path: str, value):
+    with open(path, "w") as f:
+        json.dump(value, f)
+    _bump_mtime(path)
 
 
 class FlaskExampleTests(unittest.TestCase):

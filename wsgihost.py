@@ -8,7 +8,7 @@ Host Service" does, with nothing to install: copy this file into a project, or
 Three ways to use it::
 
     python wsgihost.py .crossbar/config.json        # a Crossbar.io node config
-    python wsgihost.py --app myapp:app --port 8080   # one app, no config file
+    python wsgihost.py myapp:app --bind 127.0.0.1:8080 --workers 2   # as gunicorn
     import wsgihost; wsgihost.serve(app, "127.0.0.1", 8080)   # from Python
 
 What it implements:
@@ -23,16 +23,19 @@ What it implements:
   or a handler of yours; WSGI apps broadcast through
   ``environ["wsgihost.channels"]``. RFC 7692 (permessage-deflate) where the
   path's options turn it on. Autobahn|Testsuite cases 1-13 pass.
-- Crossbar.io's node config: router workers, web transports on TCP, paths
-  dispatched per URL segment to ``wsgi`` apps, ``websocket`` endpoints,
-  ``static`` files (conditional and range requests, RFC 9110 §13-14),
-  ``redirect`` and ``json`` services, and nested ``path`` trees.
-
+- Crossbar.io's node config: router workers, web transports (and the web
+  part of universal ones) on TCP or unix sockets, paths dispatched per URL
+  segment to ``wsgi`` apps, ``websocket`` endpoints, ``static`` files
+  (conditional and range requests, RFC 9110 §13-14), ``redirect`` and
+  ``json`` services, and nested ``path`` trees.
 - TLS endpoints (https, wss), with client certificates.
 - Connections that wait cost a socket in one selector, not a thread.
+- Worker processes (``--workers N``, or router workers sharing a port) under
+  one supervisor: restarted when they die, drained on SIGTERM, replaced one
+  by one on SIGHUP; ``--reload`` for development.
+- Channels across nodes through Redis pub/sub (a small RESP client).
 
-What it does not do (yet): unix sockets, HTTP/2, and the WAMP router that
-Crossbar also is.
+What it does not do (yet): HTTP/2, and the WAMP router that Crossbar also is.
 
 Reading order -- the sections follow the life of a request; ``grep -n "^# [0-9]"
 wsgihost.py`` prints this map:
@@ -45,13 +48,15 @@ wsgihost.py`` prints this map:
      6. The WSGI response: start_response, write, framing
      7. The connection: one request at a time
      8. WebSocket (RFC 6455, RFC 7692): handshake, frames, compression, channels
-    8a. Static files, redirects and JSON values   (plain WSGI apps)
-     9. Path dispatch and app loading
-    10. Configuration
-   10a. TLS: contexts and what the app learns of them
-    11. The waiting room: connections that wait, in one selector
-    12. The socket server and the node
-    13. Command line
+     9. Static files, redirects and JSON values   (plain WSGI apps)
+    10. Path dispatch and app loading
+    11. Configuration
+    12. TLS: contexts and what the app learns of them
+    13. The waiting room: connections that wait, in one selector
+    14. The socket server and the node
+    15. Channels across processes and machines: Redis pub/sub over RESP
+    16. Worker processes: the supervisor
+    17. Command line
 
 CONFORMANCE.md lists, section by section, the rules of PEP 3333, RFC 9110/9112
 and RFC 6455 that each section keeps (or keeps strictly, or not) and the tests
@@ -263,6 +268,19 @@ BUILTIN_SERVICE_THREADS = 64
 #: Seconds a browser may cache a static file without asking again: the
 #: default of a static path's "cache_timeout" (Crossbar's: 12 hours).
 STATIC_CACHE_TIMEOUT = 12 * 60 * 60
+
+# Worker processes (section 16).
+#: A worker that dies unexpectedly is replaced after this many seconds,
+#: doubled for each worker in a row that died younger than WORKER_STABLE_TIME
+#: (a crash loop costs little), up to RESTART_BACKOFF_MAX.
+RESTART_BACKOFF = 0.1
+RESTART_BACKOFF_MAX = 30.0
+WORKER_STABLE_TIME = 10.0
+#: Seconds a new worker has to import its apps and start serving; longer, and
+#: it counts as failed (at a reload, the old workers stay).
+WORKER_START_TIMEOUT = 120.0
+#: Seconds between two looks at the mtimes of the imported modules (--reload).
+RELOAD_POLL_INTERVAL = 1.0
 
 SERVER_SOFTWARE = "wsgihost/" + __version__
 
@@ -745,7 +763,7 @@ def read_request_head(reader: SocketReader, limits: Limits):
 
     The one-thread way to wait for a request (HTTPConnection.serve, used to
     drive a connection without a server, as the tests do); a server's
-    connections wait in the waiting room instead (section 11), which scans
+    connections wait in the waiting room instead (section 13), which scans
     with the same function. None: the client closed, or stayed idle for
     ``client_timeout``, before sending a byte of a request. HTTPError: 408
     when a head did not complete within ``client_timeout`` of its first
@@ -1558,7 +1576,7 @@ def build_simple_response(status: int, text: str, method: str = "", fields=(),
 # where persistence is decided.
 #
 # A step is split in two: prepare() parses and checks the head and finds the
-# service (cheap, never blocks -- the waiting room of section 11 runs it as
+# service (cheap, never blocks -- the waiting room of section 13 runs it as
 # soon as a head is complete, to know which app's queue the request joins),
 # and run() serves it in a pool thread: the app, the response, draining the
 # body. Any HTTPError closes the connection after its answer (refuse()): once
@@ -1601,7 +1619,7 @@ class HTTPConnection:
                                  REMOTE_PORT=str(self.client_address[1]))
         self.response = None
         self.method = None          # of the request being prepared
-        # The waiting room's bookkeeping (section 11).
+        # The waiting room's bookkeeping (section 13).
         self.state = None           # WAITING, QUEUED, LINGERING, ACTIVE or CLOSED
         self.deadline = 0.0         # time.monotonic() when the present wait ends
         self.searched = 0           # bytes of the buffer scan_request_head has looked at
@@ -2739,7 +2757,7 @@ class Channel:
         self._clients = set()
         self._lock = threading.Lock()
         # Where broadcasts go first when the channel spans several processes
-        # or machines (a RedisBridge, section 12a): they come back through
+        # or machines (a RedisBridge, section 15): they come back through
         # deliver(), in the one order every node sees.
         self.relay = None
 
@@ -2856,7 +2874,7 @@ class WebSocketService:
         websocket.run(self.handler)
 
 # =============================================================================
-# 8a. Static files, redirects and JSON values
+# 9. Static files, redirects and JSON values
 # =============================================================================
 # Crossbar's "static", "redirect" and "json" path services, each a plain WSGI
 # app: any WSGI server can run them, and the config mounts them in a
@@ -3303,7 +3321,7 @@ class JSONValue:
 
 
 # =============================================================================
-# 9. Path dispatch and app loading
+# 10. Path dispatch and app loading
 # =============================================================================
 # A web transport's "paths" is a tree: each key is one URL segment (or "/",
 # the default for everything else) and each value a service, or a nested
@@ -3361,7 +3379,7 @@ class Gate:
     """At most ``slots`` requests in one service at once; the others wait in
     arrival order, holding no thread.
 
-    The waiting room (section 11) admits a request whose head is complete: it
+    The waiting room (section 13) admits a request whose head is complete: it
     takes a free slot and goes to a pool thread, or joins ``waiting`` and
     stays parked in the selector (where a client that leaves is noticed, and
     queue_timeout is kept). A finished request hands its slot straight to the
@@ -3401,7 +3419,7 @@ class WSGIService:
     """A WSGI app on a path; at most ``maxthreads`` requests run in it at once.
 
     ``kind`` names it in the start-up line: "wsgi", or the static, redirect
-    and json services (section 8a), which are WSGI apps too.
+    and json services (section 9), which are WSGI apps too.
     """
 
     def __init__(self, app, label: str, minthreads: int = 0, maxthreads: int = 20,
@@ -3485,7 +3503,7 @@ def load_object(module_name: str, object_name: str, where: str = "", filename: s
 
 
 # =============================================================================
-# 10. Configuration
+# 11. Configuration
 # =============================================================================
 # In: a Crossbar.io node config (parsed JSON) and its node directory (CBDIR).
 # Out: WebTransport objects, every app imported; or a ConfigError naming the
@@ -3565,8 +3583,10 @@ MEDIA_TYPE_RE = re.compile(r'[{0}]+/[{0}]+(?:[ \t]*;[ \t]*[{0}]+=(?:[{0}]+|"[\t 
 URL_RE = re.compile(r"[\x21-\x7e]+")
 SERVICE_TYPES = ("json", "path", "redirect", "static", "websocket", "wsgi")
 WAMP_SERVICE_TYPES = ("caller", "publisher", "webhook", "longpoll", "reverseproxy", "cgi",
-                      "resource", "wap", "fileupload", "nodeinfo", "schemadoc", "upload",
+                      "resource", "wap", "fileupload", "schemadoc", "upload",
                       "archive", "mqtt", "rawsocket", "websocket-reverseproxy")
+#: The parts of a "universal" transport that carry WAMP, not HTTP, and over what.
+UNIVERSAL_WAMP_PARTS = {"rawsocket": "RawSocket", "websocket": "WebSocket", "mqtt": "MQTT"}
 
 
 class Limits:
@@ -3634,13 +3654,21 @@ def _check_keys(where: _Where, obj: dict, allowed, ignored=()):
                               % (key, ", ".join(sorted(allowed))))
 
 
+def config_file(path: str) -> str:
+    """The config file a path names: the path itself, or for a directory its
+    ``.crossbar/config.json`` (where a plain run looks), else its ``config.json``."""
+    if not os.path.isdir(path):
+        return path
+    nested = os.path.join(path, ".crossbar", "config.json")
+    return nested if os.path.isfile(nested) else os.path.join(path, "config.json")
+
+
 def load_config(path: str):
-    """Read a config file (or a node directory holding config.json).
+    """Read a config file (or a directory: see config_file).
 
     Returns (config dict, CBDIR). Raises ConfigError.
     """
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
+    path = config_file(path)
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -3711,8 +3739,9 @@ def build_transports(config: dict, cbdir: str = ".", filename: str = "config") -
         for j, transport in enumerate(_expect(where / "transports", worker.get("transports", []),
                                               list, "a list of transports")):
             built = _build_web_transport(where / "transports" / j, transport, cbdir)
-            built.redis = channels
-            transports.append(built)
+            if built is not None:
+                built.redis = channels
+                transports.append(built)
     if not transports:
         raise (root / "workers").error("no web transport to serve")
     return transports
@@ -3740,25 +3769,32 @@ def _parse_channels(where: _Where, channels):
 
 
 def _build_web_transport(where: _Where, transport, cbdir: str) -> WebTransport:
+    """A "web" transport, or the web part of a "universal" one (None if it has none)."""
     _expect(where, transport, dict, "a transport object")
     kind = transport.get("type")
-    if kind != "web":
+    if kind == "universal":
+        web, part = _universal_web_part(where, transport)
+        if part is None:
+            return None
+    elif kind != "web":
         raise (where / "type").error('transport type %s is not supported: wsgihost serves only '
                                      '"web" transports' % json.dumps(kind))
-    _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
-    values = _check_options(where / "options", transport.get("options", {}), WEB_OPTIONS,
+    else:
+        _check_keys(where, transport, ("type", "endpoint", "paths", "options", "id"))
+        web, part = where, transport
+    values = _check_options(web / "options", part.get("options", {}), WEB_OPTIONS,
                             ignored=("hixie76_aware", "cookie", "trust_x_forwarded_for"))
-    _check_networks(where / "options" / "trusted_proxies", values["trusted_proxies"])
-    host, port, family, backlog, shared = _parse_endpoint(where / "endpoint",
-                                                          transport.get("endpoint"))
+    _check_networks(web / "options" / "trusted_proxies", values["trusted_proxies"])
+    endpoint = transport.get("endpoint")
+    host, port, family, backlog, shared = _parse_endpoint(where / "endpoint", endpoint, cbdir)
     tls = None
-    if "tls" in transport["endpoint"]:
-        tls = build_tls_context(where / "endpoint" / "tls", transport["endpoint"]["tls"], cbdir)
+    if isinstance(endpoint, dict) and "tls" in endpoint:
+        tls = build_tls_context(where / "endpoint" / "tls", endpoint["tls"], cbdir)
     elif values["hsts"]:
         log.warning("%s: %s: hsts is ignored: it applies to TLS endpoints only",
-                    where.filename, (where / "options").path)
-    paths = _expect(where / "paths", transport.get("paths"), dict, "an object of paths")
-    root = _build_path_node(where / "paths", paths, values["display_tracebacks"], cbdir)
+                    where.filename, (web / "options").path)
+    paths = _expect(web / "paths", part.get("paths"), dict, "an object of paths")
+    root = _build_path_node(web / "paths", paths, values["display_tracebacks"], cbdir)
     limits = Limits(**{name: values[name] for name in _LIMIT_NAMES})
     return WebTransport(root, host, port, family=family, backlog=backlog, shared=shared,
                         limits=limits, access_log=values["access_log"], where=where.path,
@@ -3773,6 +3809,29 @@ def _check_networks(where: _Where, networks: list):
         except ValueError:
             raise (where / i).error("%s is not an address or a CIDR range (e.g. 10.0.0.0/8, ::1)"
                                     % json.dumps(network)) from None
+
+
+def _universal_web_part(where: _Where, transport: dict):
+    """Crossbar's "universal" transport: one endpoint whose connections are told
+    apart by their first bytes (what ``crossbar init`` wrote from 2016 to 2019).
+
+    Returns (its JSON path, its "web" part), or (None, None) when it has none.
+    wsgihost serves the web part; WAMP over RawSocket, WebSocket or MQTT needs
+    a WAMP router, so those parts get a warning each and are not served.
+    """
+    _check_keys(where, transport, ("type", "endpoint", "id", "web", *UNIVERSAL_WAMP_PARTS))
+    for part, carrier in UNIVERSAL_WAMP_PARTS.items():
+        if part in transport:
+            log.warning('%s: %s: not served: WAMP over %s needs a WAMP router, which wsgihost '
+                        'does not provide (the "web" part is served)', where.filename,
+                        (where / part).path, carrier)
+    if "web" not in transport:
+        log.warning('%s: %s: a universal transport without a "web" part: nothing to serve',
+                    where.filename, where.path)
+        return None, None
+    web = _expect(where / "web", transport["web"], dict, 'an object with "paths"')
+    _check_keys(where / "web", web, ("paths", "options"))
+    return where / "web", web
 
 
 def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
@@ -3817,14 +3876,14 @@ def _check_options(where: _Where, options, schema: dict, ignored=()) -> dict:
     return values
 
 
-def _parse_endpoint(where: _Where, endpoint):
+def _parse_endpoint(where: _Where, endpoint, cbdir: str = "."):
     _expect(where, endpoint, dict, "an endpoint object")
     kind = endpoint.get("type")
     if kind == "unix":
-        raise (where / "type").error("unix socket endpoints are not supported yet")
+        return _parse_unix_endpoint(where, endpoint, cbdir)
     if kind != "tcp":
-        raise (where / "type").error('endpoint type %s is not supported (expected "tcp")'
-                                     % json.dumps(kind))
+        raise (where / "type").error('endpoint type %s is not supported (expected "tcp" or '
+                                     '"unix")' % json.dumps(kind))
     _check_keys(where, endpoint, ("type", "port", "interface", "backlog", "version", "shared",
                                   "tls"), ignored=("user_timeout",))
     port = endpoint.get("port")
@@ -3872,6 +3931,23 @@ def _address_family(where: _Where, interface: str, version=None):
     return socket.AF_INET6 if version == 6 else socket.AF_INET
 
 
+def _parse_unix_endpoint(where: _Where, endpoint: dict, cbdir: str):
+    """(socket file path, 0, AF_UNIX, backlog, False); the path is relative to CBDIR."""
+    if not hasattr(socket, "AF_UNIX"):
+        raise (where / "type").error("unix sockets are not available on this platform")
+    _check_keys(where, endpoint, ("type", "path", "backlog"))
+    if "path" not in endpoint:
+        raise where.error('a "unix" endpoint needs "path" (the socket file, relative to the '
+                          'node directory)')
+    given = _expect(where / "path", endpoint["path"], str, "a file path")
+    if not given:
+        raise (where / "path").error("expected a file path, got an empty string")
+    backlog = _expect(where / "backlog", endpoint.get("backlog", LISTEN_BACKLOG), int, "an integer")
+    if backlog < 1:
+        raise (where / "backlog").error("must be at least 1, got %d" % backlog)
+    return os.path.abspath(os.path.join(cbdir, given)), 0, socket.AF_UNIX, backlog, False
+
+
 _PATH_KEY_RE = re.compile(r"[a-z0-9A-Z_\-]+|/")     # Crossbar's rule for path keys
 
 
@@ -3883,6 +3959,10 @@ def _build_path_node(where: _Where, paths: dict, display_tracebacks: bool,
         if _PATH_KEY_RE.fullmatch(key) is None:
             raise w.error("invalid path %s: a key is \"/\" or one URL segment of letters, digits, "
                           "\"_\" and \"-\"" % json.dumps(key))
+        if type(service) is dict and service.get("type") == "nodeinfo":
+            log.warning('%s: %s: not served: "nodeinfo" is Crossbar\'s page about its own node',
+                        w.filename, w.path)
+            continue
         built = _build_service(w, service, display_tracebacks, cbdir)
         if key == "/":
             if type(built) is PathNode:
@@ -4060,11 +4140,11 @@ def _load_app(where: _Where, service: dict, what: str):
 
 
 # =============================================================================
-# 10a. TLS: contexts and what the app learns of them
+# 12. TLS: contexts and what the app learns of them
 # =============================================================================
 # In: an endpoint's "tls" object (Crossbar's keys; files relative to CBDIR).
 # Out: an ssl.SSLContext for the waiting room, which wraps each accepted
-# socket and runs the handshake without blocking (section 11): a client that
+# socket and runs the handshake without blocking (section 13): a client that
 # connects and never says hello holds a socket for client_timeout, never a
 # thread. After the handshake, tls_environ() gives the app what Apache's
 # mod_ssl would (HTTPS, SSL_PROTOCOL, SSL_CLIENT_S_DN...). TLS 1.2 or newer
@@ -4185,7 +4265,7 @@ def tls_environ(sock) -> dict:
 
 
 # =============================================================================
-# 11. The waiting room: connections that wait, in one selector
+# 13. The waiting room: connections that wait, in one selector
 # =============================================================================
 # A connection spends most of its life waiting: for its first request, between
 # keep-alive requests, while a head trickles in, for a slot in a busy app.
@@ -4935,13 +5015,21 @@ class WaitingRoom:
 
 
 # =============================================================================
-# 12. The socket server and the node
+# 14. The socket server and the node
 # =============================================================================
 # A WebTransport is one web transport of the config: where it listens, its
 # paths, its limits; its WSGIServer (socketserver's ThreadingTCPServer, bound
 # and listening) accepts in the waiting room's loop, which hands requests to
 # pool threads (threads are reused, not created per connection). A Node is the
-# set of transports of one config, started and stopped together.
+# set of transports of one config, started and stopped together. A transport
+# listens on TCP, or on a unix socket (AF_UNIX: a file, as behind nginx),
+# whose clients are on this machine: REMOTE_ADDR is then 127.0.0.1, port 0.
+
+_AF_UNIX = getattr(socket, "AF_UNIX", None)     # None on platforms without unix sockets
+#: The client address of a unix socket's connection (its own is usually
+#: unnamed): REMOTE_ADDR and REMOTE_PORT say "this machine", which a check
+#: for local clients understands; waitress says "localhost", gunicorn "".
+UNIX_PEER = ("127.0.0.1", 0)
 
 class WebTransport:
     """A web transport: where it listens, its path tree, its limits.
@@ -4987,7 +5075,13 @@ class WebTransport:
         self.server = None
         self.connections = set()        # every open HTTPConnection
 
+    #: A bound, listening socket to serve instead of binding one: a worker
+    #: process's, inherited from the supervisor (section 16).
+    listener = None
+
     def server_name(self) -> str:
+        if self.family == _AF_UNIX:
+            return "localhost"          # a socket file has no host name
         if self.host and self.host not in ("0.0.0.0", "::"):
             return self.host
         return socket.gethostname()
@@ -5002,19 +5096,20 @@ class WebTransport:
             self.connections.discard(conn)
 
     def urls(self) -> list:
-        host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
-        if ":" in host:
-            host = "[%s]" % host
+        if self.family == _AF_UNIX:
+            authority = "unix:%s:" % self.host      # nginx's spelling: http://unix:/a.sock:/path
+        else:
+            host = self.host or ("::" if self.family == socket.AF_INET6 else "0.0.0.0")
+            authority = "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
         urls = []
         for path, service in self.root.services():
             scheme = ("ws" if service.kind == "websocket" else "http") + ("s" if self.tls else "")
             what = service.kind + (" " + service.label if service.kind == "wsgi" else "")
-            urls.append("%s://%s:%d%s (%s)" % (scheme, host, self.port, path, what))
+            urls.append("%s://%s%s (%s)" % (scheme, authority, path, what))
         return urls
 
     def address(self) -> str:
-        host = self.host or "*"
-        return "[%s]:%d" % (host, self.port) if ":" in host else "%s:%d" % (host, self.port)
+        return endpoint_address(self.family, self.host, self.port)
 
     def begin_stop(self):
         """Stop taking requests: WebSockets get 1001, idle connections are closed.
@@ -5173,11 +5268,65 @@ class ThreadPool:
                             return
 
 
+def endpoint_address(family, host: str, port: int) -> str:
+    """How a log line or error names an endpoint: 127.0.0.1:8080, [::1]:8080, unix:/a.sock."""
+    if family == _AF_UNIX:
+        return "unix:" + host
+    host = host or "*"
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def bind_listener(family, host: str, port: int, backlog: int, shared: bool = False):
+    """A bound, listening socket; OSError if the address cannot be had.
+
+    TCP: SO_REUSEADDR (a restart need not wait for old connections in
+    TIME_WAIT), and SO_REUSEPORT when the endpoint is "shared", so that
+    other processes can listen on the port too. Unix: ``host`` is the socket
+    file's path; a file left by a server that died is removed first.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == _AF_UNIX:
+            _remove_stale_socket_file(host)
+            sock.bind(host)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if shared and hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_socket_file(path: str):
+    """Remove a unix socket file nobody answers on; OSError if it is live, or not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is there (not removed)")
+    with socket.socket(_AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:      # nobody listens: a dead server's file
+            os.unlink(path)
+            return
+        except socket.timeout:              # a server too busy to answer is still a server
+            pass
+    raise OSError(errno.EADDRINUSE, "Address already in use (a server answers on this socket)")
+
+
 class WSGIServer(socketserver.ThreadingTCPServer):
     """The listening socket of one web transport, and its waiting room.
 
-    socketserver binds and listens, and its get_request() accepts; but the
-    loop is the waiting room's (serve_forever), not one thread per
+    bind_listener binds and listens (or the transport brings its listener,
+    inherited from the supervisor), socketserver's get_request() accepts; but
+    the loop is the waiting room's (serve_forever), not one thread per
     connection: ThreadingTCPServer's process_request is never called.
     """
 
@@ -5189,18 +5338,31 @@ class WSGIServer(socketserver.ThreadingTCPServer):
         self.transport = transport
         self.address_family = transport.family
         self.request_queue_size = transport.backlog
-        super().__init__((transport.host, transport.port), socketserver.BaseRequestHandler,
-                         bind_and_activate=False)
+        address = transport.host if transport.family == _AF_UNIX else (transport.host, transport.port)
+        super().__init__(address, socketserver.BaseRequestHandler, bind_and_activate=False)
+        self.socket.close()                     # socketserver's own, never bound
+        self.bound_here = transport.listener is None    # then closing it is ours to do
+        self.socket = transport.listener or bind_listener(
+            transport.family, transport.host, transport.port, transport.backlog, transport.shared)
         try:
-            if transport.shared:
-                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            self.server_bind()
-            self.server_activate()
+            self.server_address = self.socket.getsockname()
             self.socket.setblocking(False)      # the room accepts only when it is readable
         except BaseException:
             self.server_close()
             raise
         self.room = WaitingRoom(transport, self)
+
+    def get_request(self):
+        sock, address = self.socket.accept()
+        return sock, (UNIX_PEER if self.address_family == _AF_UNIX else address)
+
+    def server_close(self):
+        super().server_close()
+        if self.bound_here and self.address_family == _AF_UNIX:
+            try:
+                os.unlink(self.transport.host)      # as gunicorn and nginx do
+            except OSError:
+                pass
 
     def serve_forever(self, poll_interval: float = 0.5):
         self.room._thread = threading.current_thread()
@@ -5259,7 +5421,7 @@ class Node:
     @classmethod
     def from_file(cls, path: str) -> Node:
         config, cbdir = load_config(path)
-        return cls(config, cbdir, path if not os.path.isdir(path) else os.path.join(path, "config.json"))
+        return cls(config, cbdir, config_file(path))
 
     def start(self) -> Node:
         """Bind every transport, then serve in background threads. OSError if a bind fails."""
@@ -5275,8 +5437,11 @@ class Node:
                               % (transport.address(), exc.strerror or exc)) from exc
         for transport, server in zip(self.transports, servers):
             transport.server = server
-            transport.port = server.server_address[1]
-            transport.base_environ["SERVER_PORT"] = str(transport.port)
+            if transport.family == _AF_UNIX:
+                transport.base_environ["SERVER_PORT"] = "80"    # a client's default, for URLs
+            else:
+                transport.port = server.server_address[1]
+                transport.base_environ["SERVER_PORT"] = str(transport.port)
             thread = threading.Thread(target=server.serve_forever, name="wsgihost-room",
                                       daemon=True)
             thread.start()
@@ -5377,7 +5542,7 @@ def run_node(node: Node) -> int:
 
 
 # =============================================================================
-# 12a. Channels across processes and machines: Redis pub/sub over RESP
+# 15. Channels across processes and machines: Redis pub/sub over RESP
 # =============================================================================
 # A websocket path's Channel delivers to the clients of one process. With a
 # Redis server configured (router worker option "channels": {"redis": URL}),
@@ -5688,8 +5853,717 @@ class RedisBridge:
 
 
 # =============================================================================
-# 13. Command line
+# 16. Worker processes: the supervisor
 # =============================================================================
+# One process uses one core for Python: the GIL runs one thread at a time.
+# With --workers N, or when the config's router workers share a port
+# ("shared": true; Crossbar runs each router worker as a process), the
+# command line starts a Supervisor instead of serving: a process that holds
+# the listening sockets, serves nothing itself, and keeps worker processes --
+# each a Node -- running. Node stays one process; this is the command line's.
+#
+# In: the config (parsed, not yet checked), how many workers, --reload.
+# Out: workers serving; exit status 0 after a graceful stop, 2 for a bad
+# config or app at the start (its one line, before any worker starts), 1 for
+# an address that cannot be had.
+#
+# Signals, as gunicorn's arbiter.py tables them:
+#
+#   TERM  graceful stop: passed on to every worker, which stops accepting,
+#         closes its idle connections (WebSockets with 1001) and finishes the
+#         requests in flight (up to shutdown_grace); then the supervisor
+#         closes the listening sockets and exits 0. Connections still in a
+#         listen backlog were never read: they are reset, as if refused.
+#         A second TERM or INT kills the workers that are left.
+#   INT   the same. (Ctrl-C signals every process of the terminal's group:
+#         the workers ignore INT and wait for the supervisor's TERM.)
+#   HUP   reload, one worker at a time: read the config again, check it and
+#         import its apps in a short-lived child, then start a new worker and,
+#         once it serves, stop an old one (gracefully, as TERM does); and so
+#         on. The listening sockets stay open throughout, so no connection is
+#         refused. If the config or an app fails, or a new worker does not
+#         start, the workers that serve stay.
+#   CHLD  reap a worker that exited. One that was not asked to stop is
+#         replaced after RESTART_BACKOFF, doubled for each in a row that died
+#         younger than WORKER_STABLE_TIME (up to RESTART_BACKOFF_MAX).
+#
+# A worker stops gracefully on TERM, ignores INT and HUP, and stops by itself
+# when its supervisor is gone; it says "ready" on a pipe once it serves. With
+# --reload each worker also looks at the mtimes of its imported modules'
+# files and of the config every RELOAD_POLL_INTERVAL, and asks for a reload
+# (as HUP) when one changes: only the workers know what they imported.
+#
+# Why it is built this way:
+# - The listening sockets belong to the supervisor: they are bound before
+#   any worker starts and never closed while the node runs, so a worker that
+#   stops (HUP) or dies drops nothing that is queued -- the connections wait
+#   for its replacement. On Linux each worker has its own SO_REUSEPORT
+#   socket per TCP endpoint, and the kernel spreads new connections evenly
+#   (a hash of the addresses); with one socket shared by all, every worker
+#   wakes for each connection and whichever runs first takes it -- measured
+#   here, 6 connections opened at once all went to one of 2 workers one time
+#   in 4, and wrk's 16 kept-alive connections were split 16:0 one run in 7.
+#   Elsewhere (SO_REUSEPORT does not balance there) and for unix sockets,
+#   the workers share one socket. Before a group of SO_REUSEPORT sockets is
+#   bound, a plain bind checks that nobody else listens there, so that a
+#   port in use is still an error when the endpoint is not "shared".
+# - The supervisor imports no app and starts no thread. fork() copies only
+#   the calling thread, so a lock held by another would stay held forever in
+#   the child (Python 3.12 warns); and a reload must run the apps' new code,
+#   which a child forked from a process that had imported the old code would
+#   not. So a short-lived child checks the config and imports the apps (a bad
+#   config is one line and exit 2, as without workers) and reports the
+#   endpoints to bind; each worker imports its apps after the fork.
+# - --workers N runs N copies of the whole node; without it, router workers
+#   that share a port run one process each. wsgi.multiprocess is then True.
+# - A websocket path's broadcast channel reaches the clients of its own
+#   process only.
+
+#: The signals the supervisor handles; blocked around fork() so that a worker
+#: never runs the supervisor's handlers.
+_SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD) \
+    if hasattr(signal, "SIGCHLD") else ()
+#: Whether the kernel spreads connections over sockets sharing a port with
+#: SO_REUSEPORT (Linux 3.9+); BSD and macOS give them all to one.
+REUSEPORT_BALANCES = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def _shares_ports(config) -> bool:
+    """Whether two router workers of a config (not yet checked) have "shared": true endpoints."""
+    sharing = 0
+    for worker in (config.get("workers") if type(config) is dict else None) or ():
+        transports = worker.get("transports") if type(worker) is dict else None
+        sharing += any(type(t) is dict and type(t.get("endpoint")) is dict
+                       and t["endpoint"].get("shared") is True for t in transports or ())
+    return sharing > 1
+
+
+def _router_worker(transport: WebTransport) -> int:
+    """The index of the router worker a transport belongs to (from its JSON path)."""
+    return int(re.match(r"workers\[(\d+)\]", transport.where).group(1))
+
+
+def _exit_reason(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return "was killed by %s" % signal.Signals(-code).name
+    return "exited with status %d" % code
+
+
+class _PidFormatter(logging.Formatter):
+    """Puts the process id before each message: the processes share one stderr."""
+
+    def __init__(self, inner: logging.Formatter = None):
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record) -> str:
+        record = logging.makeLogRecord(record.__dict__)     # a copy: other handlers get theirs
+        record.msg, record.args = "[%d] %s" % (record.process, record.getMessage()), None
+        return self.inner.format(record)
+
+
+def _log_with_pids():
+    for logger in (logging.getLogger(), log):
+        for handler in logger.handlers:
+            if not isinstance(handler.formatter, _PidFormatter):
+                handler.setFormatter(_PidFormatter(handler.formatter))
+
+
+class _ModuleWatcher:
+    """--reload: the mtimes of the files of imported modules, and of other files."""
+
+    def __init__(self, files=()):
+        self.files = [f for f in files if f]
+        self.mtimes = {}
+        self.changed()
+
+    def changed(self):
+        """A file changed since the last look, or None. Modules imported since
+        then are remembered as they are."""
+        found = None
+        modules = list(sys.modules.values())
+        for path in [getattr(m, "__file__", None) for m in modules] + self.files:
+            if type(path) is not str:
+                continue
+            try:
+                mtime = os.stat(path).st_mtime_ns
+            except OSError:
+                continue
+            if self.mtimes.setdefault(path, mtime) != mtime:
+                self.mtimes[path] = mtime
+                found = found or path
+        return found
+
+
+class _Worker:
+    """The supervisor's record of one worker process."""
+
+    def __init__(self, pid: int, index: int, status_fd: int, generation: int):
+        self.pid = pid
+        self.index = index              # its place in the plan: what it serves, its sockets
+        self.status = status_fd         # read end of its pipe: "ready" and "reload" lines
+        self.pending = b""
+        self.generation = generation    # which reload started it
+        self.started = time.monotonic()
+        self.ready = False
+        self.stopping = False           # sent TERM: its exit is expected
+
+
+class Supervisor:
+    """A node run as worker processes on the supervisor's listening sockets (see above)."""
+
+    def __init__(self, config, cbdir: str, filename: str, workers: int = 1, *,
+                 config_path: str = None, reload: bool = False, access_log: bool = False,
+                 debug: bool = False):
+        self.config, self.cbdir, self.filename = config, cbdir, filename
+        self.config_path = config_path      # read again at a reload (None for --app)
+        self.copies = workers
+        self.watch = reload
+        self.access_log = access_log
+        self.debug = debug
+        self.pid = os.getpid()
+        self.sockets = {}               # (endpoint key, n) -> listening socket
+        self.keys = []                  # each transport's endpoint key, in config order
+        self.plan = []                  # worker i serves plan[i]: a router worker, or None for all
+        self.workers = {}               # pid -> _Worker
+        self.signals = collections.deque()    # appended to by the signal handler
+        self.stop_requests = 0                # TERMs and INTs received, ever
+        self.generation = 0
+        self.serving = False            # every first worker has started
+        self.stopping = False
+        self.status = 0
+        self.grace = SHUTDOWN_GRACE
+        self.restarts = []              # (time.monotonic(), index) of workers to start again
+        self.young_deaths = 0
+        self.reloading = None           # during a reload: the state to go back to if it fails
+        self.to_start = []              # indexes a reload has still to start
+        self.to_stop = []               # old workers a reload has still to stop
+        self.newcomer = None            # the new worker a reload waits for
+        self.reload_again = False
+
+    # -- the supervisor's loop ---------------------------------------------------
+
+    def run(self) -> int:
+        """Check, bind, start the workers, supervise until TERM or INT; the exit status."""
+        if not hasattr(os, "fork"):
+            print("wsgihost: worker processes need fork(), which this platform lacks",
+                  file=sys.stderr)
+            return 2
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in _SUPERVISOR_SIGNALS}
+        old_wakeup = signal.set_wakeup_fd(self._wake_w)
+        try:
+            report = self._check()
+            if report is None:
+                return 2            # the checker said why, in one line
+            try:
+                self._listen(report)
+            except OSError as exc:
+                print(exc.strerror or exc, file=sys.stderr)
+                return 1
+            _log_with_pids()
+            log.info("supervisor: starting %d worker processes", len(self.plan))
+            for index in range(len(self.plan)):
+                self._spawn(index)
+            while not self.stopping:
+                self._step()
+            self._stop_all()
+            return self.status
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._close_sockets(set())
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stop_requests += 1
+
+    def _step(self):
+        """One turn: wait for a signal, a worker's word or a due restart; act on them."""
+        now = time.monotonic()
+        timeout = min([1.0] + [when - now for when, _ in self.restarts])
+        fds = [self._wake_r] + [w.status for w in self.workers.values() if w.status is not None]
+        readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
+        for fd in readable:
+            if fd == self._wake_r:
+                _drain(fd)
+                continue
+            worker = next((w for w in self.workers.values() if w.status == fd), None)
+            if worker is not None:          # (a reload while hearing another may have moved it)
+                self._hear(worker)
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("%s: stopping the workers (requests in flight may finish)",
+                         signal.Signals(signum).name)
+                self.stopping = True
+                return
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP: reloading")
+                self._reload()
+        self._reap()
+        now = time.monotonic()
+        for entry in [r for r in self.restarts if r[0] <= now]:
+            self.restarts.remove(entry)
+            if entry[1] < len(self.plan):
+                self._spawn(entry[1])
+        if self.reloading is not None:
+            self._roll()
+
+    def _hear(self, worker: _Worker):
+        """Read a worker's status lines: "ready", "reload"."""
+        try:
+            data = os.read(worker.status, 4096)
+        except BlockingIOError:
+            return
+        if not data:                        # it exited, or is exiting: _reap hears of it
+            os.close(worker.status)
+            worker.status = None
+            return
+        *lines, worker.pending = (worker.pending + data).split(b"\n")
+        for line in lines:
+            if line == b"ready":
+                worker.ready = True
+                if not self.serving and all(w.ready for w in self.workers.values()):
+                    self.serving = True
+            elif line == b"reload" and worker.generation == self.generation and not worker.stopping:
+                self._reload()
+
+    # -- workers: start, reap, replace ----------------------------------------------
+
+    def _fork(self, child) -> int:
+        """Fork; the child runs ``child()`` and exits with what it returns."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SUPERVISOR_SIGNALS)
+        try:
+            pid = os.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            return pid
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            for signum in _SUPERVISOR_SIGNALS:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            for worker in self.workers.values():
+                if worker.status is not None:
+                    os.close(worker.status)
+            code = child()
+        except SystemExit as exc:
+            code = exc.code if type(exc.code) is int else 1
+        except BaseException:
+            log.exception("a worker process failed")
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def _spawn(self, index: int) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        pid = self._fork(lambda: self._serve(index, read_fd, write_fd))
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation)
+        return worker
+
+    def _reap(self):
+        for worker in list(self.workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0
+            if pid:
+                self._exited(worker, status)
+
+    def _exited(self, worker: _Worker, status: int):
+        del self.workers[worker.pid]
+        if worker.status is not None:
+            os.close(worker.status)
+        reason = _exit_reason(status)
+        if worker.stopping:
+            log.debug("worker %d stopped: it %s", worker.pid, reason)
+            return
+        if worker is self.newcomer:
+            log.error("reload failed: the new worker %d %s before serving; the workers "
+                      "that serve stay", worker.pid, reason)
+            self._abandon_reload()
+            return
+        if not self.serving and not worker.ready:
+            log.error("worker %d %s before serving; stopping", worker.pid, reason)
+            self.status = 2 if os.waitstatus_to_exitcode(status) == 2 else 1
+            self.stopping = True
+            return
+        young = time.monotonic() - worker.started < WORKER_STABLE_TIME
+        self.young_deaths = self.young_deaths + 1 if young else 0
+        if worker in self.to_stop:          # the reload under way replaces it
+            self.to_stop.remove(worker)
+            log.warning("worker %d %s", worker.pid, reason)
+            return
+        delay = min(RESTART_BACKOFF * 2 ** self.young_deaths, RESTART_BACKOFF_MAX)
+        log.warning("worker %d %s; starting another in %.1f s", worker.pid, reason, delay)
+        self.restarts.append((time.monotonic() + delay, worker.index))
+
+    def _stop_worker(self, worker: _Worker, how=signal.SIGTERM):
+        worker.stopping = True
+        try:
+            os.kill(worker.pid, how)
+        except ProcessLookupError:
+            pass
+
+    def _stop_all(self):
+        """TERM to every worker; wait for them (shutdown_grace, and a margin); KILL the rest."""
+        self.restarts = []
+        for worker in self.workers.values():
+            self._stop_worker(worker)
+        deadline = time.monotonic() + self.grace + 5.0
+        requests = self.stop_requests
+        while self.workers and time.monotonic() < deadline:
+            self._reap()
+            select.select([self._wake_r], [], [], 0.05)
+            _drain(self._wake_r)
+            if self.stop_requests > requests:
+                log.info("stopping now: killing the workers")
+                break
+        for worker in list(self.workers.values()):
+            self._stop_worker(worker, signal.SIGKILL)
+            os.waitpid(worker.pid, 0)
+            del self.workers[worker.pid]
+        log.info("stopped")
+
+    # -- reloading ---------------------------------------------------------------
+
+    def _reload(self):
+        """Check the config again, then replace the workers one by one (_roll)."""
+        if self.reloading is not None:
+            self.reload_again = True        # once this one is done
+            return
+        saved = (self.config, self.cbdir, self.keys, self.plan)
+        try:
+            if self.config_path is not None:
+                self.config, self.cbdir = load_config(self.config_path)
+            report = self._check()
+            if report is None:
+                raise ConfigError("", "the config or an app does not load (see above)", "")
+            self._listen(report)
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed: %s; the workers stay",
+                      exc.strerror if isinstance(exc, OSError) else exc)
+            self.config, self.cbdir, self.keys, self.plan = saved
+            return
+        self.generation += 1
+        self.reloading = saved
+        self.to_start = list(range(len(self.plan)))
+        self.to_stop = sorted((w for w in self.workers.values() if not w.stopping),
+                              key=lambda w: w.started)
+        self._roll()
+
+    def _roll(self):
+        """The next step of a reload: start a worker, or, once it serves, stop an old one."""
+        newcomer = self.newcomer
+        if newcomer is not None:
+            if not newcomer.ready:
+                if time.monotonic() - newcomer.started > WORKER_START_TIMEOUT:
+                    log.error("reload failed: the new worker %d did not start within %g s; the "
+                              "workers that serve stay", newcomer.pid, WORKER_START_TIMEOUT)
+                    self._stop_worker(newcomer, signal.SIGKILL)
+                    self._abandon_reload()
+                return
+            self.newcomer = None
+            if self.to_stop:
+                self._stop_worker(self.to_stop.pop(0))
+        if self.to_start:
+            self.newcomer = self._spawn(self.to_start.pop(0))
+            return
+        for worker in self.to_stop:
+            self._stop_worker(worker)
+        self.to_stop = []
+        self.reloading = None
+        log.info("reloaded: workers %s", ", ".join(
+            str(w.pid) for w in self.workers.values() if not w.stopping))
+        self._close_sockets(self._wanted())
+        if self.reload_again:
+            self.reload_again = False
+            self._reload()
+
+    def _abandon_reload(self):
+        self.config, self.cbdir, self.keys, self.plan = self.reloading
+        self.reloading = self.newcomer = None
+        self.to_start, self.to_stop = [], []
+        # A worker of the old plan that died meanwhile is replaced now.
+        covered = {w.index for w in self.workers.values() if not w.stopping}
+        covered.update(index for _, index in self.restarts)
+        for index in range(len(self.plan)):
+            if index not in covered:
+                self.restarts.append((time.monotonic(), index))
+
+    # -- checking the config, and its sockets ------------------------------------------
+
+    def _check(self):
+        """Check the config and import its apps in a short-lived child: its report, or None.
+
+        The report: each transport's endpoint, in config order, and the
+        longest shutdown_grace. Waits for the child (up to WORKER_START_TIMEOUT).
+        """
+        read_fd, write_fd = os.pipe()
+        pid = self._fork(lambda: self._check_in_child(read_fd, write_fd))
+        os.close(write_fd)
+        data, deadline = b"", time.monotonic() + WORKER_START_TIMEOUT
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    log.error("checking the config took over %g s: given up", WORKER_START_TIMEOUT)
+                    os.kill(pid, signal.SIGKILL)
+                    break
+                if self.stop_requests:
+                    os.kill(pid, signal.SIGKILL)        # stopping: no time for it
+                    break
+                if select.select([read_fd], [], [], 0.5)[0]:
+                    chunk = os.read(read_fd, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        finally:
+            os.close(read_fd)
+            _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            return None
+        return json.loads(data)
+
+    def _check_in_child(self, read_fd: int, write_fd: int) -> int:
+        os.close(read_fd)
+        for sock in self.sockets.values():
+            sock.close()
+        try:
+            transports = build_transports(self.config, self.cbdir, self.filename)
+        except ConfigError as exc:
+            if self.debug:
+                traceback.print_exc()
+            print(exc, file=sys.stderr)
+            return 2
+        report = {"grace": max(t.limits.shutdown_grace for t in transports),
+                  "endpoints": [{"worker": _router_worker(t), "family": int(t.family),
+                                 "host": t.host, "port": t.port, "backlog": t.backlog,
+                                 "shared": t.shared} for t in transports]}
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(json.dumps(report).encode())
+        return 0
+
+    def _listen(self, report: dict):
+        """Plan the workers for a report, and bind the sockets they need that are not
+        bound yet. OSError, naming the address, if one cannot be had."""
+        endpoints = report["endpoints"]
+        keys, shared = [], {}
+        for i, e in enumerate(endpoints):
+            family = socket.AddressFamily(e["family"])
+            # TCP port 0 is "any free port": never the same socket as another's.
+            key = (family, e["host"], e["port"] if e["port"] or family == _AF_UNIX else "#%d" % i)
+            if key in shared and not (shared[key] and e["shared"]):
+                raise OSError(errno.EADDRINUSE, "cannot listen on %s: Address already in use (by "
+                              "another transport of the config)"
+                              % endpoint_address(family, e["host"], e["port"]))
+            shared[key] = e["shared"]
+            keys.append(key)
+        plan = self._plan(keys, endpoints)
+        opened = {}
+        try:
+            for key, e in zip(keys, endpoints):
+                # Linux: a socket per worker (see above); the first checks the port is free.
+                own = len(plan) if REUSEPORT_BALANCES and key[0] != _AF_UNIX else 1
+                have = [self.sockets.get((key, n)) or opened.get((key, n)) for n in range(own)]
+                port = e["port"]
+                for n in range(own):
+                    if have[n] is None:
+                        address = endpoint_address(key[0], e["host"], port)
+                        try:
+                            if own > 1 and n == 0 and not e["shared"]:
+                                bind_listener(key[0], e["host"], port, 1).close()
+                            have[n] = opened[key, n] = bind_listener(
+                                key[0], e["host"], port, e["backlog"], e["shared"] or own > 1)
+                        except OSError as exc:
+                            raise OSError(exc.errno, "cannot listen on %s: %s"
+                                          % (address, exc.strerror or exc)) from exc
+                    if n == 0 and key[0] != _AF_UNIX:
+                        port = have[0].getsockname()[1]     # port 0: the others join the first
+        except BaseException:
+            for sock in opened.values():
+                sock.close()
+            raise
+        self.sockets.update(opened)
+        self.keys, self.plan, self.grace = keys, plan, report["grace"]
+
+    def _plan(self, keys: list, endpoints: list) -> list:
+        """What each worker serves: N copies of everything, or a router worker each."""
+        if self.copies == 1:
+            owners = collections.defaultdict(set)
+            for key, e in zip(keys, endpoints):
+                owners[key].add(e["worker"])
+            if any(len(workers) > 1 for workers in owners.values()):
+                return sorted({e["worker"] for e in endpoints})
+        return [None] * self.copies
+
+    def _wanted(self) -> set:
+        """The sockets the present plan uses."""
+        return {(key, n) for key in self.keys for n in range(len(self.plan))}
+
+    def _close_sockets(self, keep: set):
+        for key, n in [k for k in self.sockets if k not in keep]:
+            self.sockets.pop((key, n)).close()
+            if key[0] == _AF_UNIX:
+                try:
+                    os.unlink(key[1])
+                except OSError:
+                    pass
+
+    # -- a worker process ---------------------------------------------------------------
+
+    def _serve(self, index: int, read_fd: int, write_fd: int) -> int:
+        """A worker: import the apps, serve on the inherited sockets until TERM."""
+        os.close(read_fd)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+        logging.disable(logging.WARNING)      # the checker has said it once
+        try:
+            transports = build_transports(self.config, self.cbdir, self.filename)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        finally:
+            logging.disable(logging.NOTSET)
+        serves = self.plan[index]
+        mine = []
+        for transport, key in zip(transports, self.keys):
+            if serves is None or _router_worker(transport) == serves:
+                sock = self.sockets.get((key, index)) or self.sockets[key, 0]
+                transport.listener = sock.dup()
+                transport.base_environ["wsgi.multiprocess"] = len(self.plan) > 1
+                transport.access_log = transport.access_log or self.access_log
+                mine.append(transport)
+        for sock in self.sockets.values():
+            sock.close()            # those it serves are dup()ed; the others are not its own
+        node = Node(transports=mine).start()
+        for transport in mine:
+            log.info("serving %s", ", ".join(transport.urls()))
+        os.write(write_fd, b"ready\n")
+        watcher = _ModuleWatcher([self.config_path]) if self.watch else None
+        while not stop.wait(RELOAD_POLL_INTERVAL):
+            if os.getppid() != self.pid:
+                log.warning("the supervisor is gone: stopping")
+                break
+            changed = watcher and watcher.changed()
+            if changed:
+                log.info("%s changed: asking for a reload", changed)
+                try:
+                    os.write(write_fd, b"reload\n")
+                except OSError:
+                    pass
+        node.stop()
+        return 0
+
+
+def _drain(fd: int):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+# =============================================================================
+# 17. Command line
+# =============================================================================
+# Crossbar's habits (a config file or node directory, --cbdir, --config) and
+# gunicorn's (MODULE:OBJECT, --bind, --workers, --reload): an app given on the
+# command line becomes a config of one router worker with one web transport
+# per --bind, so that both ways run the same code.
+
+#: A positional argument that is not a file or folder, and reads as
+#: module:object, is an app to serve (as gunicorn takes it).
+APP_SPEC_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def parse_bind(text: str) -> dict:
+    """A --bind address as a config endpoint: HOST:PORT, [IPV6]:PORT or unix:PATH.
+
+    ``parse_bind("[::1]:8000")`` is ``{"type": "tcp", "interface": "::1",
+    "port": 8000, "version": 6}``; ":8000" is every interface. ValueError if
+    it is none of these.
+    """
+    if text.startswith("unix:"):
+        if not text[5:]:
+            raise ValueError("unix: needs the socket file's path, as in unix:/run/app.sock")
+        return {"type": "unix", "path": text[5:]}
+    host, colon, port = text.rpartition(":")
+    if not colon or re.fullmatch(r"[0-9]{1,5}", port) is None:
+        raise ValueError("expected HOST:PORT, [IPV6]:PORT or unix:PATH, got %r" % text)
+    if int(port) > 65535:
+        raise ValueError("port %s out of range (0-65535) in %r" % (port, text))
+    endpoint = {"type": "tcp", "port": int(port), "interface": host}
+    if host.startswith("[") and host.endswith("]"):
+        endpoint.update(interface=host[1:-1], version=6)
+    elif ":" in host:
+        raise ValueError("an IPv6 address goes in brackets, as in [%s]:%s" % (host, port))
+    return endpoint
+
+
+def _command_line_config(args):
+    """The config the arguments ask for: (config, CBDIR, its name, its file or None)."""
+    app = args.app
+    target = args.config_path
+    if target and not os.path.exists(target) and APP_SPEC_RE.fullmatch(target):
+        if app:
+            raise ConfigError("--app", "two apps given (%s and %s): serve one" % (app, target),
+                              "wsgihost")
+        app, target = target, None
+    if app is None:
+        for flag, value in (("--bind", args.bind), ("--host", args.host), ("--port", args.port)):
+            if value is not None:
+                raise ConfigError(flag, "applies to an app given on the command line; a config "
+                                  "file names its own endpoints", "wsgihost")
+        path = config_file(_find_config(args))
+        config, cbdir = load_config(path)
+        return config, cbdir, path, path
+    if target or args.cbdir or args.config:
+        raise ConfigError("--app", "an app and a config file (%s) given: serve one or the other"
+                          % (target or _find_config(args)), "wsgihost")
+    module, colon, obj = app.partition(":")
+    if not colon or not module or not obj:
+        raise ConfigError("--app", "expected MODULE:OBJECT, got %r" % app, "wsgihost")
+    if args.bind and (args.host is not None or args.port is not None):
+        raise ConfigError("--bind", "give --bind, or --host and --port, not both", "wsgihost")
+    try:
+        endpoints = [parse_bind(text) for text in args.bind or ()] or [{
+            "type": "tcp", "port": 8080 if args.port is None else args.port,
+            "interface": "127.0.0.1" if args.host is None else args.host}]
+    except ValueError as exc:
+        raise ConfigError("--bind", str(exc), "wsgihost") from None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
+    service = {"type": "wsgi", "module": module, "object": obj}
+    transports = [{"type": "web", "endpoint": e, "paths": {"/": service}} for e in endpoints]
+    return {"workers": [{"type": "router", "transports": transports}]}, os.getcwd(), "--app", None
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("expected a number of processes (1 or more), got %r" % text)
+    return int(text)
+
 
 def _find_config(args) -> str:
     if args.config_path:
@@ -5732,15 +6606,25 @@ def _count_paths(transports) -> int:
 def main(argv=None) -> int:
     """The command line (README: Command line). Returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config.")
-    parser.add_argument("config_path", nargs="?", metavar="CONFIG",
-                        help="config file, or node directory holding config.json "
-                             "(default: .crossbar/config.json, else ./config.json)")
+        prog="wsgihost", description="Serve WSGI apps from a Crossbar.io node config, or one app.")
+    parser.add_argument("config_path", nargs="?", metavar="CONFIG | MODULE:OBJECT",
+                        help="config file, or a directory holding .crossbar/config.json or "
+                             "config.json (default: the current one); or an app to serve")
     parser.add_argument("--cbdir", help="node directory (Crossbar's flag)")
     parser.add_argument("--config", help="config file, relative to --cbdir")
     parser.add_argument("--app", metavar="MODULE:OBJECT", help="serve one WSGI app, no config file")
-    parser.add_argument("--host", default="127.0.0.1", help="with --app (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="with --app (default 8080)")
+    parser.add_argument("-b", "--bind", action="append", metavar="ADDRESS",
+                        help="with an app: HOST:PORT, [IPV6]:PORT or unix:PATH; repeatable "
+                             "(default 127.0.0.1:8080)")
+    parser.add_argument("--host", help="with an app (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="with an app (default 8080)")
+    parser.add_argument("-w", "--workers", type=_positive, default=1, metavar="N",
+                        help="worker processes sharing the listening sockets (default 1)")
+    parser.add_argument("--reload", action="store_true",
+                        help="development: restart the workers when a module they imported, "
+                             "or the config, changes")
+    parser.add_argument("--access-log", action="store_true",
+                        help="log every request (Apache combined format), on every transport")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and import the apps, then exit")
     parser.add_argument("--loglevel", default="info", choices=["debug", "info", "warn", "error"])
@@ -5749,18 +6633,10 @@ def main(argv=None) -> int:
 
     configure_logging({"warn": "WARNING"}.get(args.loglevel, args.loglevel.upper()))
     try:
-        if args.app:
-            module, colon, obj = args.app.partition(":")
-            if not colon or not module or not obj:
-                raise ConfigError("--app", "expected MODULE:OBJECT, got %r" % args.app, "wsgihost")
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
-            config = {"workers": [{"type": "router", "transports": [{
-                "type": "web", "endpoint": {"type": "tcp", "port": args.port, "interface": args.host},
-                "paths": {"/": {"type": "wsgi", "module": module, "object": obj}}}]}]}
-            node = Node(config, os.getcwd(), "--app")
-        else:
-            node = Node.from_file(_find_config(args))
+        config, cbdir, filename, path = _command_line_config(args)
+        processes = not args.check and (args.workers > 1 or args.reload or _shares_ports(config))
+        if not processes:
+            node = Node(config, cbdir, filename)
     except ConfigError as exc:
         if args.loglevel == "debug":
             traceback.print_exc()
@@ -5769,6 +6645,12 @@ def main(argv=None) -> int:
     if args.check:
         print("ok: %d transports, %d paths" % (len(node.transports), _count_paths(node.transports)))
         return 0
+    if processes:
+        return Supervisor(config, cbdir, filename, args.workers, config_path=path,
+                          reload=args.reload, access_log=args.access_log,
+                          debug=args.loglevel == "debug").run()
+    for transport in node.transports:
+        transport.access_log = transport.access_log or args.access_log
     try:
         return run_node(node)
     except OSError as exc:          # a port in use, an address not ours
