@@ -3782,6 +3782,48 @@ class WaitingRoomTests(unittest.TestCase):
         self.assertEqual(err.count("cannot accept connections"), 1)     # said once
 
 
+class TLSCommandLineTests(unittest.TestCase):
+    """--certfile/--keyfile and --forwarded-allow-ips, as a gunicorn user types them."""
+
+    def test_an_app_over_https_with_trusted_proxies_from_the_command_line(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder, True)
+        for name, text in (("server.pem", SERVER_CERT), ("server.key", SERVER_KEY)):
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+        port = free_port()
+        env = dict(os.environ, PYTHONPATH=HERE)
+        proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py"),
+                                 "test_wsgihost:environ_app", "--bind", "127.0.0.1:%d" % port,
+                                 "--certfile", "server.pem", "--keyfile", "server.key",
+                                 "--forwarded-allow-ips", "127.0.0.1, 10.0.0.0/8"], cwd=folder, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.addCleanup(proc.kill)
+        SubprocessTests.wait_for_port(self, port, proc)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=30,
+                                           context=ssl.create_default_context(cadata=SERVER_CERT))
+        self.addCleanup(conn.close)
+        conn.request("GET", "/", headers={"X-Forwarded-For": "198.51.100.4"})
+        env = json.loads(conn.getresponse().read())
+        self.assertEqual((env["wsgi.url_scheme"], env["HTTPS"], env["REMOTE_ADDR"]),
+                         ("https", "on", "198.51.100.4"))
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1].decode()
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("serving https://127.0.0.1:%d/" % port, err)
+
+    def test_tls_flags_need_each_other_and_an_app(self):
+        for argv, message in ((["x:app", "--certfile", "a.pem"],
+                               "wsgihost: --keyfile: TLS needs both --certfile and --keyfile"),
+                              ([os.path.join(HERE, "examples", "hello", ".crossbar"), "--certfile", "a"],
+                               "wsgihost: --certfile: applies to an app given on the command line; "
+                               "a config file names its own endpoints")):
+            with self.subTest(argv=argv):
+                status, out, err = CommandLineTests.run_main(self, *argv, "--check")
+                self.assertEqual(status, 2)
+                self.assertEqual(err.strip().splitlines()[-1], message)
+
+
 class SmugglingTests(unittest.TestCase):
     """Each request-smuggling pattern is refused with its status and Connection: close,
     and nothing after it on the connection is served."""

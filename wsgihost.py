@@ -6531,7 +6531,9 @@ def _command_line_config(args):
                               "wsgihost")
         app, target = target, None
     if app is None:
-        for flag, value in (("--bind", args.bind), ("--host", args.host), ("--port", args.port)):
+        for flag, value in (("--bind", args.bind), ("--host", args.host), ("--port", args.port),
+                            ("--certfile", args.certfile), ("--keyfile", args.keyfile),
+                            ("--forwarded-allow-ips", args.forwarded_allow_ips)):
             if value is not None:
                 raise ConfigError(flag, "applies to an app given on the command line; a config "
                                   "file names its own endpoints", "wsgihost")
@@ -6554,8 +6556,20 @@ def _command_line_config(args):
         raise ConfigError("--bind", str(exc), "wsgihost") from None
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())     # like gunicorn: apps in the current directory
+    if (args.certfile is None) != (args.keyfile is None):
+        raise ConfigError("--certfile" if args.keyfile else "--keyfile",
+                          "TLS needs both --certfile and --keyfile", "wsgihost")
+    options = {}
+    if args.forwarded_allow_ips:            # gunicorn's spelling: "127.0.0.1,10.0.0.0/8"
+        options["trusted_proxies"] = [ip.strip() for ip in args.forwarded_allow_ips.split(",")
+                                      if ip.strip()]
+    if args.certfile:
+        for endpoint in endpoints:
+            if endpoint["type"] == "tcp":
+                endpoint["tls"] = {"certificate": args.certfile, "key": args.keyfile}
     service = {"type": "wsgi", "module": module, "object": obj}
-    transports = [{"type": "web", "endpoint": e, "paths": {"/": service}} for e in endpoints]
+    transports = [{"type": "web", "endpoint": e, "paths": {"/": service}, "options": options}
+                  for e in endpoints]
     return {"workers": [{"type": "router", "transports": transports}]}, os.getcwd(), "--app", None
 
 
@@ -6623,6 +6637,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reload", action="store_true",
                         help="development: restart the workers when a module they imported, "
                              "or the config, changes")
+    parser.add_argument("--certfile", help="with an app: serve https with this certificate (PEM)")
+    parser.add_argument("--keyfile", help="with an app: the certificate's private key (PEM)")
+    parser.add_argument("--forwarded-allow-ips", metavar="IPS",
+                        help="with an app: proxies (addresses, CIDR ranges, comma-separated) "
+                             "whose Forwarded/X-Forwarded-* fields are believed (trusted_proxies)")
     parser.add_argument("--access-log", action="store_true",
                         help="log every request (Apache combined format), on every transport")
     parser.add_argument("--check", action="store_true",
