@@ -1994,8 +1994,8 @@ def _accept_deflate_offer(params: list, options: DeflateOptions):
     # context; its offering client_no_context_takeover is a promise not to, so
     # we echo it and inflate each message afresh, holding no window between
     # messages. §7.1.2.2: its window may be limited only if the offer has
-    # client_max_window_bits; without it (unlike Crossbar, which then declines
-    # the offer) the client is accepted with a window of up to 15 bits.
+    # client_max_window_bits; without it the client is accepted with a window
+    # of up to 15 bits (Crossbar, with a window to ask for, declines instead).
     client_no_takeover = (options.request_no_context_takeover
                           or "client_no_context_takeover" in offer)
     client_bits = 15
