@@ -4856,7 +4856,8 @@ class WaitingRoom:
                             self._move(conn, SENDING)
                         return
                     next_step = conn.after_output
-                if next_step is Next.KEEP and not conn.reader.buffer and KEEP_ALIVE_SPIN:
+                if (next_step is Next.KEEP and not conn.reader.buffer and KEEP_ALIVE_SPIN
+                        and not self.transport.stopping):
                     next_step = self._await_next(conn)
             except BaseException:
                 log.exception("unexpected error serving %s", conn.client_address[0])
@@ -4925,8 +4926,8 @@ class WaitingRoom:
         """Where a connection goes after a request; a pipelined request ready to run, or None."""
         if next_step is Next.LINGER:
             self._linger(conn)
-        elif next_step is not Next.KEEP or self.transport.stopping:
-            self._close(conn)
+        elif next_step is not Next.KEEP or (self.transport.stopping and not conn.reader.buffer):
+            self._close(conn)       # stopping: a request already read is served first
         else:
             reader = conn.reader
             if getattr(conn.sock, "pending", int)():    # TLS: decrypted bytes the fd won't signal
