@@ -217,6 +217,11 @@ WORKER_STABLE_TIME = 10.0
 #: Seconds a new worker has to import its apps and start serving; longer, and
 #: it counts as failed (at a reload, the old workers stay).
 WORKER_START_TIMEOUT = 120.0
+#: Seconds a stopping worker goes on answering on its open connections (each
+#: answer with Connection: close) before it closes those that are idle: a
+#: client in the middle of a keep-alive exchange learns of the stop from an
+#: answer, rather than from a close that its next request may be crossing.
+STOP_SETTLE_TIME = 0.5
 #: Seconds between two looks at the mtimes of the imported modules (--reload).
 RELOAD_POLL_INTERVAL = 1.0
 
@@ -4487,7 +4492,8 @@ class Supervisor:
                 print(exc.strerror or exc, file=sys.stderr)
                 return 1
             _log_with_pids()
-            log.info("supervisor: starting %d worker processes", len(self.plan))
+            log.info("supervisor: starting %d worker process%s", len(self.plan),
+                     "es" if len(self.plan) > 1 else "")
             for index in range(len(self.plan)):
                 self._spawn(index)
             while not self.stopping:
@@ -4707,8 +4713,10 @@ class Supervisor:
                     self._abandon_reload()
                 return
             self.newcomer = None
-            if self.to_stop:
-                self._stop_worker(self.to_stop.pop(0))
+            if self.to_stop:                # the old worker in its place, else the oldest
+                old = next((w for w in self.to_stop if w.index == newcomer.index), self.to_stop[0])
+                self.to_stop.remove(old)
+                self._stop_worker(old)
         if self.to_start:
             self.newcomer = self._spawn(self.to_start.pop(0))
             return
@@ -4878,11 +4886,11 @@ class Supervisor:
                 mine.append(transport)
         for sock in self.sockets.values():
             sock.close()            # those it serves are dup()ed; the others are not its own
+        watcher = _ModuleWatcher([self.config_path]) if self.watch else None    # before serving
         node = Node(transports=mine).start()
         for transport in mine:
             log.info("serving %s", ", ".join(transport.urls()))
         os.write(write_fd, b"ready\n")
-        watcher = _ModuleWatcher([self.config_path]) if self.watch else None
         while not stop.wait(RELOAD_POLL_INTERVAL):
             if os.getppid() != self.pid:
                 log.warning("the supervisor is gone: stopping")
@@ -4894,6 +4902,10 @@ class Supervisor:
                     os.write(write_fd, b"reload\n")
                 except OSError:
                     pass
+        for transport in mine:              # see STOP_SETTLE_TIME; then stop as Node does
+            transport.stopping = True
+            transport.server.room.stop_accepting()
+        time.sleep(STOP_SETTLE_TIME)
         node.stop()
         return 0
 
