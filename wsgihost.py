@@ -217,11 +217,6 @@ WORKER_STABLE_TIME = 10.0
 #: Seconds a new worker has to import its apps and start serving; longer, and
 #: it counts as failed (at a reload, the old workers stay).
 WORKER_START_TIMEOUT = 120.0
-#: Seconds a stopping worker goes on answering on its open connections (each
-#: answer with Connection: close) before it closes those that are idle: a
-#: client in the middle of a keep-alive exchange learns of the stop from an
-#: answer, rather than from a close that its next request may be crossing.
-STOP_SETTLE_TIME = 0.5
 #: Seconds between two looks at the mtimes of the imported modules (--reload).
 RELOAD_POLL_INTERVAL = 1.0
 
@@ -4902,10 +4897,6 @@ class Supervisor:
                     os.write(write_fd, b"reload\n")
                 except OSError:
                     pass
-        for transport in mine:              # see STOP_SETTLE_TIME; then stop as Node does
-            transport.stopping = True
-            transport.server.room.stop_accepting()
-        time.sleep(STOP_SETTLE_TIME)
         node.stop()
         return 0
 
