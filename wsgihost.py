@@ -4421,9 +4421,10 @@ class _ModuleWatcher:
 class _Worker:
     """The supervisor's record of one worker process."""
 
-    def __init__(self, pid: int, index: int, status_fd: int, generation: int):
+    def __init__(self, pid: int, index: int, status_fd: int, generation: int, keys: list):
         self.pid = pid
         self.index = index              # its place in the plan: what it serves, its sockets
+        self.keys = keys                # the endpoint keys of the config it was started with
         self.status = status_fd         # read end of its pipe: "ready" and "reload" lines
         self.pending = b""
         self.generation = generation    # which reload started it
@@ -4602,7 +4603,7 @@ class Supervisor:
         pid = self._fork(lambda: self._serve(index, read_fd, write_fd))
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation)
+        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation, self.keys)
         return worker
 
     def _reap(self):
@@ -4730,6 +4731,7 @@ class Supervisor:
         self.config, self.cbdir, self.keys, self.plan = self.reloading
         self.reloading = self.newcomer = None
         self.to_start, self.to_stop = [], []
+        self._close_sockets(self._wanted())     # a new endpoint nobody serves must not listen
         # A worker of the old plan that died meanwhile is replaced now.
         covered = {w.index for w in self.workers.values() if not w.stopping}
         covered.update(index for _, index in self.restarts)
@@ -4843,8 +4845,12 @@ class Supervisor:
         return [None] * self.copies
 
     def _wanted(self) -> set:
-        """The sockets the present plan uses."""
-        return {(key, n) for key in self.keys for n in range(len(self.plan))}
+        """The sockets that the plan and the workers serving (not stopping) use."""
+        wanted = {(key, n) for key in self.keys for n in range(len(self.plan))}
+        for worker in self.workers.values():
+            if not worker.stopping:
+                wanted.update((key, n) for key in worker.keys for n in (0, worker.index))
+        return wanted
 
     def _close_sockets(self, keep: set):
         for key, n in [k for k in self.sockets if k not in keep]:
@@ -4985,7 +4991,7 @@ def _command_line_config(args):
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if re.fullmatch(r"[0-9]{1,6}", text) is None or int(text) < 1:
         raise argparse.ArgumentTypeError("expected a number of processes (1 or more), got %r" % text)
     return int(text)
 
