@@ -6000,9 +6000,10 @@ class _ModuleWatcher:
 class _Worker:
     """The supervisor's record of one worker process."""
 
-    def __init__(self, pid: int, index: int, status_fd: int, generation: int):
+    def __init__(self, pid: int, index: int, status_fd: int, generation: int, keys: list):
         self.pid = pid
         self.index = index              # its place in the plan: what it serves, its sockets
+        self.keys = keys                # the endpoint keys of the config it was started with
         self.status = status_fd         # read end of its pipe: "ready" and "reload" lines
         self.pending = b""
         self.generation = generation    # which reload started it
@@ -6066,7 +6067,8 @@ class Supervisor:
                 print(exc.strerror or exc, file=sys.stderr)
                 return 1
             _log_with_pids()
-            log.info("supervisor: starting %d worker processes", len(self.plan))
+            log.info("supervisor: starting %d worker process%s", len(self.plan),
+                     "es" if len(self.plan) > 1 else "")
             for index in range(len(self.plan)):
                 self._spawn(index)
             while not self.stopping:
@@ -6180,7 +6182,7 @@ class Supervisor:
         pid = self._fork(lambda: self._serve(index, read_fd, write_fd))
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation)
+        worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation, self.keys)
         return worker
 
     def _reap(self):
@@ -6286,8 +6288,10 @@ class Supervisor:
                     self._abandon_reload()
                 return
             self.newcomer = None
-            if self.to_stop:
-                self._stop_worker(self.to_stop.pop(0))
+            if self.to_stop:                # the old worker in its place, else the oldest
+                old = next((w for w in self.to_stop if w.index == newcomer.index), self.to_stop[0])
+                self.to_stop.remove(old)
+                self._stop_worker(old)
         if self.to_start:
             self.newcomer = self._spawn(self.to_start.pop(0))
             return
@@ -6306,6 +6310,7 @@ class Supervisor:
         self.config, self.cbdir, self.keys, self.plan = self.reloading
         self.reloading = self.newcomer = None
         self.to_start, self.to_stop = [], []
+        self._close_sockets(self._wanted())     # a new endpoint nobody serves must not listen
         # A worker of the old plan that died meanwhile is replaced now.
         covered = {w.index for w in self.workers.values() if not w.stopping}
         covered.update(index for _, index in self.restarts)
@@ -6419,8 +6424,12 @@ class Supervisor:
         return [None] * self.copies
 
     def _wanted(self) -> set:
-        """The sockets the present plan uses."""
-        return {(key, n) for key in self.keys for n in range(len(self.plan))}
+        """The sockets that the plan and the workers serving (not stopping) use."""
+        wanted = {(key, n) for key in self.keys for n in range(len(self.plan))}
+        for worker in self.workers.values():
+            if not worker.stopping:
+                wanted.update((key, n) for key in worker.keys for n in (0, worker.index))
+        return wanted
 
     def _close_sockets(self, keep: set):
         for key, n in [k for k in self.sockets if k not in keep]:
@@ -6457,11 +6466,11 @@ class Supervisor:
                 mine.append(transport)
         for sock in self.sockets.values():
             sock.close()            # those it serves are dup()ed; the others are not its own
+        watcher = _ModuleWatcher([self.config_path]) if self.watch else None    # before serving
         node = Node(transports=mine).start()
         for transport in mine:
             log.info("serving %s", ", ".join(transport.urls()))
         os.write(write_fd, b"ready\n")
-        watcher = _ModuleWatcher([self.config_path]) if self.watch else None
         while not stop.wait(RELOAD_POLL_INTERVAL):
             if os.getppid() != self.pid:
                 log.warning("the supervisor is gone: stopping")
@@ -6575,7 +6584,7 @@ def _command_line_config(args):
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if re.fullmatch(r"[0-9]{1,6}", text) is None or int(text) < 1:
         raise argparse.ArgumentTypeError("expected a number of processes (1 or more), got %r" % text)
     return int(text)
 
