@@ -5719,11 +5719,14 @@ class RedisConnection:
 
     def alive(self) -> bool:
         """False if Redis has closed this idle connection (a restart, a timeout)."""
+        sock = self.sock                    # stop() may set it to None meanwhile
+        if sock is None:
+            return False
         try:
             poller = select.poll()          # not select(): descriptors past 1,024 break it
-            poller.register(self.sock, select.POLLIN)
-            return not poller.poll(0) or socket.socket.recv(self.sock, 1, socket.MSG_PEEK) != b""
-        except (OSError, ValueError, AttributeError):
+            poller.register(sock, select.POLLIN)
+            return not poller.poll(0) or socket.socket.recv(sock, 1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError, TypeError):
             return False
 
 
