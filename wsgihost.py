@@ -5790,7 +5790,7 @@ class RedisBridge:
                     log.info("Redis at %s:%d reachable again (%s)", conn.host, conn.port, what)
                 failures, delay = 0, REDIS_BACKOFF[0]
                 attempt(conn)
-            except (OSError, RedisError) as exc:
+            except Exception as exc:        # OSError, RedisError; anything, once stopped
                 if self.running:
                     if failures == 0:
                         log.error("Redis at %s:%d is unreachable (%s): %s; retrying with back-off "
