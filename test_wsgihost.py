@@ -3893,6 +3893,31 @@ class WorkerProcessTests(unittest.TestCase):
                       "the new path")
         self.stop(proc)
 
+    def test_workers_on_ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+                port = probe.getsockname()[1]
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        proc = self.start(["test_wsgihost:environ_app", "-w", "2", "-b", "[::1]:%d" % port], port,
+                          wait=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("::1", port, timeout=30)
+                conn.request("GET", "/six")
+                environ = json.loads(conn.getresponse().read())
+                conn.close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, self.stderr())
+                self.assertIsNone(proc.poll(), self.stderr())
+                time.sleep(0.1)
+        self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("::1", "/six"))
+        self.assertIn("serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port, self.stderr())
+        self.stop(proc)
+
     def test_router_workers_sharing_a_port_run_as_processes(self):
         node_dir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, node_dir)
