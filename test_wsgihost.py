@@ -5397,7 +5397,8 @@ class WorkerProcessTests(unittest.TestCase):
 
     def start(self, args, port: int, cwd=HERE, delay=0.0, wait=True):
         """The command line in a subprocess serving on ``port`` (waits until GET / is
-        answered, unless not ``wait``); stderr goes to a file."""
+        answered, unless not ``wait``), in a process group of its own as from a
+        terminal; stderr goes to a file."""
         self.port = port
         self.tmp = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.tmp, True)
@@ -5406,7 +5407,8 @@ class WorkerProcessTests(unittest.TestCase):
         env = dict(os.environ, WSGIHOST_TEST_LOG=self.log_path, WSGIHOST_TEST_DELAY=str(delay))
         with open(self.err_path, "wb") as err:
             proc = subprocess.Popen([sys.executable, os.path.join(HERE, "wsgihost.py")] + args,
-                                    cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                                    cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True)
         self.addCleanup(self.kill_all, proc)
         if wait:
             self.wait_for(lambda: proc.poll() is not None or _answers(port) is not None, "the server")
@@ -5475,6 +5477,23 @@ class WorkerProcessTests(unittest.TestCase):
             self.assertIn("[%d] serving http://127.0.0.1:%d/ (wsgi test_wsgihost:pid_app)"
                           % (pid, self.port), err)
         self.assertIn("[%d] SIGTERM: stopping the workers" % proc.pid, err)
+
+    def test_ctrl_c_reaches_every_process_and_stops_them_gracefully(self):
+        proc = self.start_app("test_wsgihost:pid_app")
+        pids = self.pids_seen(2)
+        os.killpg(proc.pid, signal.SIGINT)          # what a terminal does on Ctrl-C
+        self.assertEqual(proc.wait(60), 0, self.stderr())
+        self.assertFalse(any(_alive(pid) for pid in pids))
+        self.assertIn("[%d] SIGINT: stopping the workers" % proc.pid, self.stderr())
+
+    def test_workers_stop_when_the_supervisor_is_killed(self):
+        proc = self.start_app("test_wsgihost:pid_app")
+        pids = self.pids_seen(2)
+        proc.kill()
+        proc.wait(30)
+        self.wait_for(lambda: not any(_alive(pid) for pid in pids), "the workers' exit")
+        for pid in pids:
+            self.assertIn("[%d] the supervisor is gone: stopping" % pid, self.stderr())
 
     def test_a_killed_worker_is_replaced_and_the_node_keeps_serving(self):
         proc = self.start_app("test_wsgihost:pid_app")
@@ -5570,6 +5589,31 @@ class WorkerProcessTests(unittest.TestCase):
                       "the new path")
         self.stop(proc)
 
+    def test_workers_on_ipv6_loopback(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+                port = probe.getsockname()[1]
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        proc = self.start(["test_wsgihost:environ_app", "-w", "2", "-b", "[::1]:%d" % port], port,
+                          wait=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPConnection("::1", port, timeout=30)
+                conn.request("GET", "/six")
+                environ = json.loads(conn.getresponse().read())
+                conn.close()
+                break
+            except OSError:
+                self.assertLess(time.monotonic(), deadline, self.stderr())
+                self.assertIsNone(proc.poll(), self.stderr())
+                time.sleep(0.1)
+        self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("::1", "/six"))
+        self.assertIn("serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port, self.stderr())
+        self.stop(proc)
+
     def test_router_workers_sharing_a_port_run_as_processes(self):
         node_dir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, node_dir)
@@ -5603,6 +5647,14 @@ class WorkerProcessTests(unittest.TestCase):
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs (one that exited but is not reaped yet does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5901,12 +5901,17 @@ class RedisBridge:
 # - The listening sockets belong to the supervisor: they are bound before
 #   any worker starts and never closed while the node runs, so a worker that
 #   stops (HUP) or dies drops nothing that is queued -- the connections wait
-#   for its replacement. On Linux each worker has its own SO_REUSEPORT
-#   socket per TCP endpoint, and the kernel spreads new connections evenly
-#   (a hash of the addresses); with one socket shared by all, every worker
-#   wakes for each connection and whichever runs first takes it -- measured
-#   here, 6 connections opened at once all went to one of 2 workers one time
-#   in 4, and wrk's 16 kept-alive connections were split 16:0 one run in 7.
+#   for its replacement (Linux resets those queued on a SO_REUSEPORT socket
+#   when it closes: 9 of 20 in a test here). On Linux each worker has its
+#   own SO_REUSEPORT socket per TCP endpoint, and the kernel spreads new
+#   connections evenly (a hash of the addresses); with one socket shared by
+#   all, every worker wakes for each connection and whichever runs first
+#   takes it; the price of a socket each is that a dead worker's share of new
+#   connections waits for its replacement instead of going to the others.
+#   Measured here with 2 workers: 16 connections opened at once all went to
+#   one worker in 6 tries of 40 (0 of 40 with a socket each), and under
+#   wrk -c16 one worker did all the work in 3 runs of 6 (never with a socket
+#   each).
 #   Elsewhere (SO_REUSEPORT does not balance there) and for unix sockets,
 #   the workers share one socket. Before a group of SO_REUSEPORT sockets is
 #   bound, a plain bind checks that nobody else listens there, so that a
