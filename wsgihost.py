@@ -231,7 +231,7 @@ DEFLATE_MEMORY_LEVEL = 5
 #: Inflated bytes asked of zlib at once: a message is inflated in steps, so a
 #: small frame that would inflate to gigabytes (a "decompression bomb") costs
 #: at most max_message_size before its close 1009.
-INFLATE_STEP = 256 * 1024
+INFLATE_STEP = 64 * 1024
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
