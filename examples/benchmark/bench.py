@@ -206,6 +206,7 @@ def raise_open_files_limit():
     (which inherit it) can hold as many connections as the holder opens:
     wsgihost raises its own, waitress and gunicorn do not.
     """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = 1024 * 1024
     if soft < hard:
