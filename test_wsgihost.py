@@ -6537,13 +6537,10 @@ class ConformanceMapTests(unittest.TestCase):
         resp = one(app, b"HEAD /f.txt HTTP/1.1\r\nHost: a\r\nRange: bytes=0-1\r\n\r\n")
         self.assertEqual((resp.status, resp.headers.get("content-range")), (200, None))
 
-    @unittest.expectedFailure
     def test_tls_connection_closed_with_a_closure_alert_rfc9112_9_8(self):
         """RFC 9112 §9.8: "Servers MUST attempt to initiate an exchange of closure alerts
-        with the client before closing the connection." NOT KEPT (found writing
-        CONFORMANCE.md): the server shuts the TCP connection without a TLS close_notify,
-        so a strict client cannot tell the end of the response from a truncation.
-        Expected to fail until a TLS connection is unwrapped before it is closed."""
+        with the client before closing the connection": the stream ends with a TLS
+        close_notify, so a strict client can tell the end of the response from a truncation."""
         cbdir = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, cbdir, True)
         for name, text in (("server.pem", SERVER_CERT), ("server.key", SERVER_KEY)):

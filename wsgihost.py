@@ -4264,6 +4264,26 @@ def tls_environ(sock) -> dict:
     return environ
 
 
+def send_close_notify(sock):
+    """End a TLS connection's stream with a closure alert (close_notify), if it is TLS.
+
+    RFC 9112 §9.8: a server "MUST attempt to initiate an exchange of closure
+    alerts with the client before closing the connection", so that the
+    client can tell the end of a response from a truncation. Ours is sent
+    without waiting for the client's (the socket is made non-blocking: the
+    client's alert, if it ever comes, is discarded with what else it sends).
+    """
+    if ssl is None or not isinstance(sock, ssl.SSLSocket) or sock._sslobj is None:
+        return
+    try:
+        sock.setblocking(False)
+        sock.unwrap()                   # sends ours; then it would read theirs
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        pass                            # ours is out (or queued); theirs is not awaited
+    except (OSError, ValueError):       # the client is gone: nothing to tell it
+        pass
+
+
 # =============================================================================
 # 13. The waiting room: connections that wait, in one selector
 # =============================================================================
@@ -4584,8 +4604,8 @@ class WaitingRoom:
                 log.debug("client %s left while its request waited", conn.client_address[0])
                 self._close(conn)
         elif state is LINGERING:
-            try:
-                data = conn.sock.recv(MAX_RECV_SIZE)
+            try:        # raw bytes, discarded: under TLS, past our close_notify
+                data = socket.socket.recv(conn.sock, MAX_RECV_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -4759,6 +4779,7 @@ class WaitingRoom:
 
     def _linger(self, conn: HTTPConnection):
         """RFC 9112 §9.6, without a thread: shut for writing, discard input for a while."""
+        send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS
         _shutdown_socket(conn.sock, socket.SHUT_WR)
         conn.discarded = 0
         self._move(conn, LINGERING)
@@ -4768,6 +4789,7 @@ class WaitingRoom:
             return
         self._unqueue(conn)
         self._move(conn, CLOSED)
+        send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS (a no-op if sent)
         self.server.shutdown_request(conn.sock)
         self.count -= 1
         address = conn.client_address[0]
@@ -5170,6 +5192,11 @@ def lingering_close(sock):
     a client still uploading (to a 413, say) would get the reset instead of
     the answer waiting in its receive buffer.
     """
+    send_close_notify(sock)             # RFC 9112 §9.8, under TLS
+    # What comes is discarded unread: raw bytes, since under TLS they follow
+    # our close_notify, which ends what the TLS layer will read.
+    recv = sock.recv if type(sock) is not getattr(ssl, "SSLSocket", None) else (
+        lambda size: socket.socket.recv(sock, size))
     try:
         sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + LINGER_TIME
@@ -5179,7 +5206,7 @@ def lingering_close(sock):
             if remaining <= 0:
                 break
             sock.settimeout(remaining)
-            data = sock.recv(MAX_RECV_SIZE)
+            data = recv(MAX_RECV_SIZE)
             if not data:
                 break
             received += len(data)
