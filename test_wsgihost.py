@@ -6292,6 +6292,301 @@ class RedisChannelTests(unittest.TestCase):
 
 
 # -----------------------------------------------------------------------------
+# 16. One channel across the workers of a node: the supervisor's relay
+# -----------------------------------------------------------------------------
+
+def worker_channel_app(environ, start_response):
+    """For the relay tests: GET answers which worker this is and how many
+    clients its /ws channel has here; a POST broadcasts its body to /ws."""
+    channel = environ["wsgihost.channels"]["/ws"]
+    body = environ["wsgi.input"].read()
+    if environ["REQUEST_METHOD"] == "POST":
+        channel.broadcast(body.decode())
+    reply = json.dumps({"pid": os.getpid(), "clients": len(channel)}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))])
+    return [reply]
+
+
+def read_http_json(sock, buffer: bytearray):
+    """One keep-alive answer with a Content-Length, read from ``sock``: its JSON."""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(4096)
+        assert data, "closed before an answer"
+        buffer += data
+    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\nContent-Length: *(\d+)", head).group(1))
+    end = len(head) + 4 + length
+    while len(buffer) < end:
+        data = sock.recv(4096)
+        assert data, "closed inside an answer"
+        buffer += data
+    answer = json.loads(bytes(buffer[len(head) + 4:end]))
+    del buffer[:end]
+    return answer
+
+
+class WorkerWSClient(WSClient):
+    """A WSClient that first asks, on the same connection, which worker process it
+    reached (``self.pid``): a GET of ``who`` on keep-alive, then the Upgrade.
+    The kernel chose the worker by a hash of the addresses; this is how a test
+    knows where each client is."""
+
+    def __init__(self, port, path="/ws", who="/who", timeout=30):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % who.encode())
+        self.buffer = bytearray()
+        self.pid = read_http_json(self.sock, self.buffer)["pid"]
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13"
+                           "\r\n\r\n" % (path, port, key)).encode())
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(4096)
+            assert data, "closed before the handshake's answer"
+            self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n") + 4
+        self.head = bytes(self.buffer[:end]).decode("latin-1")
+        del self.buffer[:end]
+        self.status = int(self.head.split(" ")[1])
+        assert ("Sec-WebSocket-Accept: %s\r\n" % wsgihost.websocket_accept(key)) in self.head, self.head
+
+
+class WorkerHTTP:
+    """A keep-alive HTTP connection to one worker (``self.pid``), for GETs and POSTs of JSON."""
+
+    def __init__(self, port, who="/who"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = bytearray()
+        self.who = who
+        self.pid = self.request("GET", who)["pid"]
+
+    def request(self, method, path, body=b""):
+        self.sock.sendall(b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                          % (method.encode(), path.encode(), len(body), body))
+        return read_http_json(self.sock, self.buffer)
+
+    def close(self):
+        self.sock.close()
+
+
+def worker_channel_config(port, redis_port=None):
+    """A node config for the relay tests: "/who" (worker_channel_app) and "/ws" (broadcast)."""
+    paths = {"who": {"type": "wsgi", "module": "test_wsgihost", "object": "worker_channel_app"},
+             "ws": {"type": "websocket"}}
+    config = web_config(paths, {"type": "tcp", "port": port, "interface": "127.0.0.1"},
+                        options={"client_timeout": 30})
+    config["workers"][0]["options"] = {"pythonpath": [HERE]}
+    if redis_port is not None:
+        config["workers"][0]["options"]["channels"] = {"redis": "redis://127.0.0.1:%d/0" % redis_port}
+    return config
+
+
+class WorkerChannelTests(unittest.TestCase):
+    """--workers 2: one channel across the workers, relayed by the supervisor."""
+
+    start = WorkerProcessTests.start
+    kill_all = WorkerProcessTests.kill_all
+    stderr = WorkerProcessTests.stderr
+    wait_for = WorkerProcessTests.wait_for
+
+    def start_node(self, config_dir=None, redis_port=None, workers=2, extra=()):
+        """``wsgihost CONFIG --workers 2`` on a free port; returns the process, once
+        both workers answer."""
+        port = free_port()
+        if config_dir is None:
+            config_dir = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, config_dir, True)
+            write_json(os.path.join(config_dir, "config.json"), worker_channel_config(port, redis_port))
+        proc = self.start([config_dir, "--workers", str(workers)] + list(extra), port, wait=False)
+        self.wait_for(lambda: proc.poll() is not None or _answers(port, "/who") is not None, "the server")
+        self.assertIsNone(proc.poll(), self.stderr())
+        self.pids = self.worker_pids(workers)
+        return proc
+
+    def worker_pids(self, count, timeout=60) -> set:
+        """Fresh connections to /who until ``count`` different workers have answered."""
+        pids = set()
+        deadline = time.monotonic() + timeout
+        while len(pids) < count:
+            self.assertLess(time.monotonic(), deadline, "only %s answered; stderr:\n%s"
+                            % (pids, self.stderr()))
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                pids.add(answer["pid"])
+        return pids
+
+    def clients(self, per_worker: dict, cls=None) -> dict:
+        """WebSocket clients pinned to workers: pid -> [clients], ``per_worker[pid]`` each
+        (others are closed). New connections go where the kernel's hash puts them:
+        up to 200 are tried."""
+        found = {pid: [] for pid in per_worker}
+        for _ in range(200):
+            if all(len(found[pid]) >= n for pid, n in per_worker.items()):
+                break
+            client = (cls or WorkerWSClient)(self.port)
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101, client.head)
+            if client.pid in found and len(found[client.pid]) < per_worker[client.pid]:
+                found[client.pid].append(client)
+            else:
+                client.close()
+        else:
+            self.fail("200 connections did not reach every worker: %s" % {
+                pid: len(c) for pid, c in found.items()})
+        return found
+
+    def http_to(self, pid) -> WorkerHTTP:
+        """A keep-alive HTTP connection to worker ``pid``."""
+        for _ in range(200):
+            conn = WorkerHTTP(self.port)
+            self.addCleanup(conn.close)
+            if conn.pid == pid:
+                return conn
+            conn.close()
+        self.fail("200 connections did not reach worker %d" % pid)
+
+    def wait_for_channels(self, expected: dict):
+        """Until each worker's /ws channel has the clients expected of it (its
+        client joins the channel just after the handshake's answer)."""
+        seen = {}
+
+        def settled():
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                seen[answer["pid"]] = answer["clients"]
+            return all(seen.get(pid) == n for pid, n in expected.items())
+        self.wait_for(settled, "channel clients %s (seen %s)" % (expected, seen))
+
+    def receive(self, clients, count: int, timeout: float = 120) -> list:
+        """What each client receives, ``count`` text messages each, read in threads
+        (a client that stops reading would be dropped as slow)."""
+        got = [[] for _ in clients]
+        errors = []
+
+        def read(client, into):
+            try:
+                for _ in range(count):
+                    into.append(client.recv_text())
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=read, args=(c, g), daemon=True) for c, g in zip(clients, got)]
+        for thread in threads:
+            thread.start()
+        self._readers = threads
+        self._got, self._errors, self._deadline = got, errors, time.monotonic() + timeout
+        return got
+
+    def received(self):
+        """Wait for the readers that receive() started; their lists."""
+        for thread in self._readers:
+            thread.join(max(0.1, self._deadline - time.monotonic()))
+        self.assertEqual(self._errors, [])
+        self.assertFalse(any(t.is_alive() for t in self._readers),
+                         "messages missing: got %s" % [len(g) for g in self._got])
+        return self._got
+
+    def test_a_client_on_each_worker_gets_every_message_in_one_order(self):
+        proc = self.start_node()
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 2, b: 2})
+        self.wait_for_channels({a: 2, b: 2})
+        clients = by_pid[a] + by_pid[b]
+        http_a, http_b = self.http_to(a), self.http_to(b)
+        got = self.receive(clients, 60)
+        sent = []
+        for i in range(50):                         # from the clients of both workers...
+            clients[i % 4].send_text("m%d" % i)
+            sent.append("m%d" % i)
+            if i % 5 == 0:                          # ... and from a WSGI app in each
+                conn = (http_a, http_b)[i // 5 % 2]
+                self.assertEqual(conn.request("POST", "/who", b"w%d" % i),
+                                 {"pid": conn.pid, "clients": 2})     # len(): its own clients
+                sent.append("w%d" % i)
+        got = self.received()
+        self.assertEqual(sorted(got[0]), sorted(sent))
+        for order in got[1:]:
+            self.assertEqual(order, got[0])         # one order for all
+        for i in range(4):                          # a client's own messages keep their order
+            own = [m for m in got[0] if m in {"m%d" % n for n in range(i, 50, 4)}]
+            self.assertEqual(own, ["m%d" % n for n in range(i, 50, 4)])
+        by_pid[b][0].send(Opcode.BINARY, b"\x00\xffbinary")      # binary stays binary
+        for client in clients:
+            self.assertEqual(client.recv_frame(), (Opcode.BINARY, b"\x00\xffbinary"))
+        self.stop(proc)
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(60), 0, self.stderr())
+
+    def test_order_under_load_10_senders_of_1000_messages(self):
+        # 10 clients, 5 on each worker, each sending 1,000 messages and receiving
+        # all 10,000: 100,000 frames out of the node, every client in one order.
+        proc = self.start_node()
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 5, b: 5})
+        self.wait_for_channels({a: 5, b: 5})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 10 * 1000, timeout=300)
+        started = time.monotonic()
+
+        def send(n, client):
+            payload = b"".join(build_frame(Opcode.TEXT, b"%d-%d" % (n, i), True, os.urandom(4))
+                               for i in range(1000))
+            client.sock.sendall(payload)
+        senders = [threading.Thread(target=send, args=(n, c), daemon=True) for n, c in enumerate(clients)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(120)
+        got = self.received()
+        took = time.monotonic() - started
+        for order in got[1:]:
+            self.assertEqual(order, got[0])
+        self.assertEqual(len(got[0]), 10000)
+        for n in range(10):                         # each sender's messages in its order
+            self.assertEqual([m for m in got[0] if m.startswith("%d-" % n)],
+                             ["%d-%d" % (n, i) for i in range(1000)])
+        print("\n  (relay order under load: 10 x 1,000 messages to 10 clients on 2 workers "
+              "in %.1f s; load average %.1f)" % (took, os.getloadavg()[0]), file=sys.stderr)
+        self.stop(proc)
+
+    def test_a_killed_worker_costs_only_its_own_clients(self):
+        proc = self.start_node()
+        victim, survivor = sorted(self.pids)
+        by_pid = self.clients({victim: 1, survivor: 2})
+        self.wait_for_channels({victim: 1, survivor: 2})
+        doomed, (one, two) = by_pid[victim][0], by_pid[survivor]
+        http = self.http_to(survivor)
+        os.kill(victim, signal.SIGKILL)
+        with self.assertRaises((EOFError, ConnectionError)):
+            doomed.recv_frame()                     # its connection ends with it
+        got = self.receive([one, two], 3)
+        one.send_text("still here")
+        two.send_text("me too")
+        http.request("POST", "/who", b"and the app")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["and the app", "me too", "still here"])
+        # Its replacement gets a fresh link: its new clients and the others' hear each other.
+        self.wait_for(lambda: "worker %d was killed by SIGKILL; starting another" % victim
+                      in self.stderr(), "the restart")
+        # (New connections meant for the dead worker wait in its socket's queue
+        # for the replacement: the first two pids to answer are those serving.)
+        (newcomer,) = self.worker_pids(2) - {survivor}
+        self.assertNotEqual(newcomer, victim)
+        fresh = self.clients({newcomer: 1, survivor: 0})[newcomer][0]
+        self.wait_for_channels({newcomer: 1, survivor: 2})
+        got = self.receive([fresh, one, two], 2)
+        one.send_text("to the new one")
+        fresh.send_text("from the new one")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(got[1], got[2])
+        self.assertEqual(sorted(got[0]), ["from the new one", "to the new one"])
+        self.stop(proc)
+
+
+# -----------------------------------------------------------------------------
 # The reference map (CONFORMANCE.md), and the primer that starts from it
 # -----------------------------------------------------------------------------
 
