@@ -6302,7 +6302,9 @@ def worker_channel_app(environ, start_response):
     body = environ["wsgi.input"].read()
     if environ["REQUEST_METHOD"] == "POST":
         channel.broadcast(body.decode())
-    reply = json.dumps({"pid": os.getpid(), "clients": len(channel)}).encode()
+    relay = channel.relay
+    reply = json.dumps({"pid": os.getpid(), "clients": len(channel),
+                        "relay": relay and [type(relay).__name__, relay.connected]}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))])
     return [reply]
 
@@ -6369,10 +6371,10 @@ class WorkerHTTP:
         self.sock.close()
 
 
-def worker_channel_config(port, redis_port=None):
+def worker_channel_config(port, redis_port=None, **ws_options):
     """A node config for the relay tests: "/who" (worker_channel_app) and "/ws" (broadcast)."""
     paths = {"who": {"type": "wsgi", "module": "test_wsgihost", "object": "worker_channel_app"},
-             "ws": {"type": "websocket"}}
+             "ws": {"type": "websocket", "options": ws_options}}
     config = web_config(paths, {"type": "tcp", "port": port, "interface": "127.0.0.1"},
                         options={"client_timeout": 30})
     config["workers"][0]["options"] = {"pythonpath": [HERE]}
@@ -6389,14 +6391,15 @@ class WorkerChannelTests(unittest.TestCase):
     stderr = WorkerProcessTests.stderr
     wait_for = WorkerProcessTests.wait_for
 
-    def start_node(self, config_dir=None, redis_port=None, workers=2, extra=()):
+    def start_node(self, config_dir=None, redis_port=None, workers=2, extra=(), **ws_options):
         """``wsgihost CONFIG --workers 2`` on a free port; returns the process, once
         both workers answer."""
         port = free_port()
         if config_dir is None:
             config_dir = tempfile.mkdtemp()
             self.addCleanup(shutil.rmtree, config_dir, True)
-            write_json(os.path.join(config_dir, "config.json"), worker_channel_config(port, redis_port))
+            write_json(os.path.join(config_dir, "config.json"),
+                       worker_channel_config(port, redis_port, **ws_options))
         proc = self.start([config_dir, "--workers", str(workers)] + list(extra), port, wait=False)
         self.wait_for(lambda: proc.poll() is not None or _answers(port, "/who") is not None, "the server")
         self.assertIsNone(proc.poll(), self.stderr())
@@ -6500,7 +6503,8 @@ class WorkerChannelTests(unittest.TestCase):
             if i % 5 == 0:                          # ... and from a WSGI app in each
                 conn = (http_a, http_b)[i // 5 % 2]
                 self.assertEqual(conn.request("POST", "/who", b"w%d" % i),
-                                 {"pid": conn.pid, "clients": 2})     # len(): its own clients
+                                 {"pid": conn.pid, "clients": 2,     # len(): its own clients
+                                  "relay": ["WorkerRelay", True]})
                 sent.append("w%d" % i)
         got = self.received()
         self.assertEqual(sorted(got[0]), sorted(sent))
@@ -6584,6 +6588,122 @@ class WorkerChannelTests(unittest.TestCase):
         self.assertEqual(got[1], got[2])
         self.assertEqual(sorted(got[0]), ["from the new one", "to the new one"])
         self.stop(proc)
+
+    def test_a_worker_that_falls_behind_closes_its_clients_and_the_others_go_on(self):
+        # Worker "stalled" is stopped (SIGSTOP) while 24 MiB are broadcast: the
+        # supervisor holds RELAY_BUFFER (16 MiB) for it and no more, the other
+        # worker's clients get everything meanwhile; resumed, the stalled worker
+        # delivers what it was sent, then closes its clients with 1013, and its
+        # new clients are on the channel again. (Its clients' queues are made
+        # larger than what it delivers at once, or they would be dropped as slow.)
+        proc = self.start_node(max_send_queue=64 * 1024 * 1024)
+        stalled, live = sorted(self.pids)
+        by_pid = self.clients({stalled: 1, live: 1})
+        self.wait_for_channels({stalled: 1, live: 1})
+        behind, sender = by_pid[stalled][0], by_pid[live][0]
+        os.kill(stalled, signal.SIGSTOP)
+        self.addCleanup(lambda: _alive(stalled) and os.kill(stalled, signal.SIGCONT))
+        big = ["%02d" % i + "x" * (1024 * 1024 - 2) for i in range(24)]
+        self.receive([sender], 24)
+        for message in big:
+            sender.send_text(message)
+        (got,) = self.received()
+        self.assertEqual(got, big)                  # the live worker's client missed nothing
+        self.assertIn("worker %d is " % stalled, self.stderr())
+        self.assertIn("bytes behind the channel relay", self.stderr())
+        seen, codes = [], []
+
+        def read_until_close():
+            while True:
+                opcode, payload = behind.recv_frame()
+                if opcode == Opcode.CLOSE:
+                    codes.append(int.from_bytes(payload[:2], "big"))
+                    return
+                seen.append(payload.decode())
+        reader = threading.Thread(target=read_until_close, daemon=True)
+        reader.start()
+        os.kill(stalled, signal.SIGCONT)
+        reader.join(120)
+        self.assertFalse(reader.is_alive(), "no Close for the client of the worker behind")
+        self.assertEqual(codes, [1013])             # Try Again Later
+        self.assertEqual(seen, big[:len(seen)])     # what it got, in order, then nothing
+        self.assertLess(len(seen), 24)
+        self.assertIn("[%d] this worker fell over" % stalled, self.stderr())
+        self.wait_for_channels({stalled: 0, live: 1})
+        again = self.clients({stalled: 1, live: 0})[stalled][0]
+        self.wait_for_channels({stalled: 1, live: 1})
+        got = self.receive([again, sender], 2)
+        sender.send_text("from the live one")
+        again.send_text("back again")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["back again", "from the live one"])
+        self.stop(proc)
+
+    def test_with_redis_the_workers_use_redis_and_nothing_arrives_twice(self):
+        redis_port, _ = start_redis(self)
+        proc = self.start_node(redis_port=redis_port)
+        connected = {}
+
+        def subscribed():
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                connected[answer["pid"]] = answer["relay"]
+            return [connected.get(pid) for pid in self.pids] == [["RedisBridge", True]] * 2
+        self.wait_for(subscribed, "both workers subscribed to Redis (seen %s)" % connected)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 21)
+        for i in range(20):
+            clients[i % 2].send_text("m%d" % i)
+        self.http_to(b).request("POST", "/who", b"from-wsgi")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), sorted(["m%d" % i for i in range(20)] + ["from-wsgi"]))
+        got = self.receive(clients, 1)
+        clients[0].send_text("last")                # a second copy of any would come before it
+        self.assertEqual(self.received(), [["last"], ["last"]])
+        self.stop(proc)
+
+
+class RelayFrameTests(unittest.TestCase):
+    """Section 16: the relay's frames, as pure functions over bytes."""
+
+    def test_text_and_binary_survive_whole_and_byte_by_byte(self):
+        for path, message in (("/ws", "héllo"), ("/ws", ""), ("/a/b", b"\x00\xff"), ("/ws", b""),
+                              ("/é", "x" * 70000)):
+            with self.subTest(path=path, message=message[:10]):
+                frame = wsgihost.build_relay_frame(path, message)
+                self.assertEqual(wsgihost.relay_frame_end(frame + b"next"), len(frame))
+                (got_path, got), end = wsgihost.parse_relay_frame(frame + b"next")
+                self.assertEqual((got_path, type(got), got, end), (path, type(message), message, len(frame)))
+                for cut in range(0, len(frame), max(1, len(frame) // 50)):   # a prefix is "not yet"
+                    self.assertIsNone(wsgihost.parse_relay_frame(frame[:cut]))
+
+    def test_the_layout(self):
+        # 4 bytes: what follows the header (3 + 2); "t"; 2 bytes: the path's length.
+        self.assertEqual(wsgihost.build_relay_frame("/ws", "hi"), b"\x00\x00\x00\x05t\x00\x03/wshi")
+        self.assertEqual(wsgihost.build_relay_frame("/ws", b"hi"), b"\x00\x00\x00\x05b\x00\x03/wshi")
+        self.assertEqual(wsgihost.RELAY_BEHIND_FRAME, b"\x00\x00\x00\x00!\x00\x00")
+        self.assertEqual(wsgihost.parse_relay_frame(wsgihost.RELAY_BEHIND_FRAME), ((None, None), 7))
+
+    def test_frames_found_one_after_another(self):
+        frames = b"".join(wsgihost.build_relay_frame("/ws", m) for m in ("a", b"b", "c"))
+        end, found = 0, []
+        while end < len(frames):
+            message, end = wsgihost.parse_relay_frame(frames, end)
+            found.append(message)
+        self.assertEqual(found, [("/ws", "a"), ("/ws", b"b"), ("/ws", "c")])
+
+    def test_bytes_that_are_no_frame_raise(self):
+        for data in (b"\x00\x00\x00\x02x\x00\x00ab",           # unknown kind
+                     b"\x00\x00\x00\x02t\x00\x03/ws",           # a path longer than the frame
+                     b"\x00\x00\x00\x01!\x00\x00x",             # a "behind" frame with a body
+                     b"\x00\x00\x00\x02t\x00\x00\xff\xfe"):     # text that is not UTF-8
+            with self.subTest(data=data), self.assertRaises(ValueError):
+                wsgihost.parse_relay_frame(data)
 
 
 # -----------------------------------------------------------------------------
