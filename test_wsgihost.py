@@ -6391,16 +6391,16 @@ class WorkerChannelTests(unittest.TestCase):
     stderr = WorkerProcessTests.stderr
     wait_for = WorkerProcessTests.wait_for
 
-    def start_node(self, config_dir=None, redis_port=None, workers=2, extra=(), **ws_options):
-        """``wsgihost CONFIG --workers 2`` on a free port; returns the process, once
-        both workers answer."""
-        port = free_port()
-        if config_dir is None:
+    def start_node(self, config_path=None, port=None, redis_port=None, workers=2, **ws_options):
+        """``wsgihost CONFIG --workers 2`` (by default a worker_channel_config on a
+        free port); returns the process, once both workers answer /who."""
+        if config_path is None:
+            port = free_port()
             config_dir = tempfile.mkdtemp()
             self.addCleanup(shutil.rmtree, config_dir, True)
-            write_json(os.path.join(config_dir, "config.json"),
-                       worker_channel_config(port, redis_port, **ws_options))
-        proc = self.start([config_dir, "--workers", str(workers)] + list(extra), port, wait=False)
+            config_path = os.path.join(config_dir, "config.json")
+            write_json(config_path, worker_channel_config(port, redis_port, **ws_options))
+        proc = self.start([config_path, "--workers", str(workers)], port, wait=False)
         self.wait_for(lambda: proc.poll() is not None or _answers(port, "/who") is not None, "the server")
         self.assertIsNone(proc.poll(), self.stderr())
         self.pids = self.worker_pids(workers)
@@ -6665,6 +6665,69 @@ class WorkerChannelTests(unittest.TestCase):
         got = self.receive(clients, 1)
         clients[0].send_text("last")                # a second copy of any would come before it
         self.assertEqual(self.received(), [["last"], ["last"]])
+        self.stop(proc)
+
+    def test_chat_example_with_two_workers_in_headless_chromium(self):
+        # examples/chat as it is (its port changed, and a /who path added for the
+        # test to see the workers), with --workers 2: a page, and a client on each
+        # worker; every message -- the page's, each client's, a POST's -- reaches
+        # all of them, in one order.
+        executable = shutil.which("chromium") or shutil.which("chromium-browser")
+        if executable is None:
+            self.skipTest("Chromium is not installed (.ci/run installs Debian's chromium)")
+        target, port = SubprocessTests.copy_example(self, "chat")
+        config_path = os.path.join(target, ".crossbar", "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["workers"][0]["options"]["pythonpath"].append(HERE)
+        config["workers"][0]["transports"][0]["paths"]["who"] = {
+            "type": "wsgi", "module": "test_wsgihost", "object": "worker_channel_app"}
+        write_json(config_path, config)
+        proc = self.start_node(config_path, port)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        browser = ChromiumPipe(executable, os.path.join(profile, "profile"),
+                               os.path.join(profile, "chromium.log"))
+        self.addCleanup(browser.close)
+        target_id = browser.send("Target.createTarget",
+                                 {"url": "http://127.0.0.1:%d/?say=from-page" % port})["targetId"]
+        session = browser.send("Target.attachToTarget",
+                               {"targetId": target_id, "flatten": True})["sessionId"]
+        seen = {}
+
+        def page_connected():               # Chromium starts slowly on a busy machine
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                seen[answer["pid"]] = answer["clients"]
+            return len(seen) == 2 and sum(seen.values()) == 3
+        self.wait_for(page_connected, "the page's WebSocket", timeout=120)
+        clients[0].send_text("from-worker-a")
+        clients[1].send_text("from-worker-b")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/say", "message=from-post", {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(conn.getresponse().status, 303)
+        conn.close()
+        expected = ["from-page", "from-post", "from-worker-a", "from-worker-b"]
+        self.receive(clients, 4)
+        got = self.received()
+        state, deadline = {}, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            result = browser.send("Runtime.evaluate", {"returnByValue": True, "expression":
+                                  'JSON.stringify({status: document.getElementById("status").textContent,'
+                                  ' messages: Array.from(document.querySelectorAll("#messages li"),'
+                                  ' li => li.textContent)})'}, session)
+            state = json.loads(result["result"]["value"])
+            if len(state["messages"]) >= 4:
+                break
+            time.sleep(0.05)
+        self.assertEqual(state["status"], "connected")
+        self.assertEqual(sorted(state["messages"]), expected)
+        self.assertEqual(got[0], state["messages"])         # one order: the page's and the clients'
+        self.assertEqual(got[1], state["messages"])
         self.stop(proc)
 
 
