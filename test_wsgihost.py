@@ -6400,10 +6400,11 @@ class WorkerChannelTests(unittest.TestCase):
             self.addCleanup(shutil.rmtree, config_dir, True)
             config_path = os.path.join(config_dir, "config.json")
             write_json(config_path, worker_channel_config(port, redis_port, **ws_options))
-        proc = self.start([config_path, "--workers", str(workers)], port, wait=False)
+        workers_flag = ["--workers", str(workers)] if workers else []   # None: as the config says
+        proc = self.start([config_path] + workers_flag, port, wait=False)
         self.wait_for(lambda: proc.poll() is not None or _answers(port, "/who") is not None, "the server")
         self.assertIsNone(proc.poll(), self.stderr())
-        self.pids = self.worker_pids(workers)
+        self.pids = self.worker_pids(workers or 2)
         return proc
 
     def worker_pids(self, count, timeout=60) -> set:
@@ -6728,6 +6729,50 @@ class WorkerChannelTests(unittest.TestCase):
         self.assertEqual(sorted(state["messages"]), expected)
         self.assertEqual(got[0], state["messages"])         # one order: the page's and the clients'
         self.assertEqual(got[1], state["messages"])
+        self.stop(proc)
+
+    def test_after_sighup_the_new_workers_share_one_channel(self):
+        proc = self.start_node()
+        old = set(self.pids)
+        proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: "reloaded: workers" in self.stderr(), "the reload")
+        self.wait_for(lambda: not any(_alive(pid) for pid in old), "the old workers' exit")
+        self.pids = self.worker_pids(2)
+        self.assertFalse(self.pids & old)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})         # each new worker has a fresh link
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 2)
+        clients[0].send_text("from a")
+        clients[1].send_text("from b")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["from a", "from b"])
+        self.stop(proc)
+
+    def test_router_workers_sharing_a_port_share_the_channel(self):
+        port = free_port()
+        transport = worker_channel_config(port)["workers"][0]["transports"][0]
+        transport["endpoint"]["shared"] = True
+        config_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, config_dir, True)
+        config_path = os.path.join(config_dir, "config.json")
+        write_json(config_path, {"workers": [
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]},
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]}]})
+        proc = self.start_node(config_path, port, workers=None)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 3)
+        clients[0].send_text("from a")
+        clients[1].send_text("from b")
+        self.http_to(a).request("POST", "/who", b"from the app")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["from a", "from b", "from the app"])
         self.stop(proc)
 
 
