@@ -33,7 +33,9 @@ What it implements:
 - Worker processes (``--workers N``, or router workers sharing a port) under
   one supervisor: restarted when they die, drained on SIGTERM, replaced one
   by one on SIGHUP; ``--reload`` for development.
-- Channels across nodes through Redis pub/sub (a small RESP client).
+- A websocket path's channel spans the worker processes (the supervisor
+  relays its messages) and, through Redis pub/sub (a small RESP client),
+  several nodes.
 
 What it does not do (yet): HTTP/2, and the WAMP router that Crossbar also is.
 
