@@ -27,9 +27,9 @@ queue absorbs. The sender is on the channel too and reads its copies (a
 client that does not read is dropped as slow). Setups take turns within a
 round, in an order that rotates, so that load from others on a shared
 machine hits them alike; the table shows medians, and each setup's ratio to
-the in-process channel. The client is this Python process: with small
-messages it may be the bottleneck itself -- compare the columns, not the
-absolute numbers.
+the in-process channel (taken round by round). The client is this Python
+process: with small messages it may be the bottleneck itself -- compare the
+columns, not the absolute numbers.
 """
 
 import argparse
@@ -342,15 +342,20 @@ def report(results, names, args, load_before, load_after):
         done = [v for v in values if v is not None]
         return statistics.median(done) if len(done) == len(values) else None
     medians = {key: median(values) for key, values in results.items()}
+    # Ratios are taken round by round (the setups of a round ran within a few
+    # seconds of each other, under about the same load), then their median.
+    ratios = {(name, size): median([None if v is None or not base else v / base for v, base in zip(
+              results[name, size], results["in-process", size])]) for name in names for size in SIZES}
     print("\nbroadcast throughput, messages/s received by one client (median of %d rounds, %d "
-          "messages a run, window %d)" % (args.rounds, args.messages, args.window))
+          "messages a run, window %d); ratio to in-process, round by round" % (
+              args.rounds, args.messages, args.window))
     print("%-12s" % "setup" + "".join("%14s%10s" % ("%d B msg/s" % s, "ratio") for s in SIZES))
     for name in names:
         cells = ""
         for size in SIZES:
-            value, base = medians[name, size], medians["in-process", size]
+            value, ratio = medians[name, size], ratios[name, size]
             cells += "%14s%10s" % ("-" if value is None else "%.0f" % value,
-                                   "-" if value is None or not base else "%.2f" % (value / base))
+                                   "-" if ratio is None else "%.2f" % ratio)
         print("%-12s%s" % (name, cells))
     print("load average before %.1f, after %.1f; %d CPUs; python %s" % (
         load_before[0], load_after[0], os.cpu_count(), sys.version.split()[0]))
