@@ -5569,11 +5569,13 @@ def run_node(node: Node) -> int:
 # =============================================================================
 # 15. Channels across processes and machines: Redis pub/sub over RESP
 # =============================================================================
-# A websocket path's Channel delivers to the clients of one process. With a
-# Redis server configured (router worker option "channels": {"redis": URL}),
-# every broadcast is PUBLISHed to Redis and delivered when it comes back
-# from a SUBSCRIBE, so every node sharing that Redis -- and every client of
-# every node -- gets every message, in the one order Redis gives them.
+# A websocket path's Channel delivers to the clients of one process; the
+# workers of one node share it through the supervisor's relay (section 16),
+# with nothing to configure. With a Redis server configured (router worker
+# option "channels": {"redis": URL}), every broadcast is PUBLISHed to Redis
+# and delivered when it comes back from a SUBSCRIBE, so every node sharing
+# that Redis -- and every client of every node, whichever its worker -- gets
+# every message, in the one order Redis gives them.
 # Delivery is at most once: Redis pub/sub keeps nothing for a subscriber
 # that is away, so what is published while a node is disconnected never
 # reaches its clients (and while it is disconnected, its own broadcasts are
@@ -6221,8 +6223,8 @@ class WorkerRelay:
     def _fell_behind(self):
         """This worker missed messages: its clients are closed, to reconnect (see above)."""
         groups = list(self.channels.values())
-        log.warning("this worker fell over %d bytes behind the channel relay and missed "
-                    "messages: closing its %d channel clients with %d", RELAY_BUFFER,
+        log.warning("this worker fell over %d MiB behind the channel relay and missed "
+                    "messages: closing its %d channel clients with %d", RELAY_BUFFER // 2 ** 20,
                     sum(len(channel) for group in groups for channel in group),
                     RELAY_BEHIND_CLOSE_CODE)
         for group in groups:
