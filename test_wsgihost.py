@@ -5611,7 +5611,9 @@ class WorkerProcessTests(unittest.TestCase):
                 self.assertIsNone(proc.poll(), self.stderr())
                 time.sleep(0.1)
         self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("::1", "/six"))
-        self.assertIn("serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port, self.stderr())
+        # (A worker serves before it logs that it does: the line may come just after the answer.)
+        self.wait_for(lambda: "serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port
+                      in self.stderr(), "the serving line")
         self.stop(proc)
 
     def test_router_workers_sharing_a_port_run_as_processes(self):

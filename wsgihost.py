@@ -5450,6 +5450,7 @@ class Node:
                     server.server_close()
                 raise OSError(exc.errno, "cannot listen on %s: %s"
                               % (transport.address(), exc.strerror or exc)) from exc
+        self._join_channels()           # before the first client: its broadcasts must travel
         for transport, server in zip(self.transports, servers):
             transport.server = server
             if transport.family == _AF_UNIX:
@@ -5461,7 +5462,6 @@ class Node:
                                       daemon=True)
             thread.start()
             self.threads.append(thread)
-        self._join_channels()
         return self
 
     #: In a worker process with other workers: its end of the supervisor's
@@ -5964,8 +5964,9 @@ class RedisBridge:
 #   the sequencer. A channel on the relay is named by its URL path, as on
 #   Redis: two transports of the node with the same websocket path share it.
 #   Transports whose router worker configures Redis use Redis instead (it
-#   spans the processes already), so nothing arrives twice; a node of one
-#   process needs neither.
+#   spans the processes already), so nothing arrives twice -- and while
+#   Redis is unreachable their broadcasts stay in their worker. A node of
+#   one process needs neither.
 #   The relay never waits for a worker: the supervisor's links are
 #   non-blocking, and it holds at most RELAY_BUFFER bytes for each worker. A
 #   worker further behind (stopped, or starved of CPU) misses what does not
