@@ -6777,6 +6777,33 @@ class WorkerChannelTests(unittest.TestCase):
         self.assertEqual(sorted(got[0]), ["from a", "from b", "from the app"])
         self.stop(proc)
 
+    def test_the_slow_client_rule_holds_in_each_worker(self):
+        # A client of worker "a" that reads nothing is dropped there, as in one
+        # process (max_send_queue 1 MiB; 20 MB are broadcast, far more than the
+        # kernel's buffers hold); the other client of "a" and the client of "b"
+        # get every message, in one order. The sender keeps at most 20 messages
+        # (200 KB) ahead of the readers, so that they are never the slow ones.
+        proc = self.start_node(max_send_queue=1024 * 1024)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 2, b: 1})
+        self.wait_for_channels({a: 2, b: 1})
+        (slow, fast), (sender,) = by_pid[a], by_pid[b]
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        got = self.receive([fast, sender], 2000)
+        messages = ["%04d" % i + "x" * 9996 for i in range(2000)]
+        deadline = time.monotonic() + 120
+        for i, message in enumerate(messages):
+            while i - min(len(g) for g in got) > 20 and not self._errors:
+                self.assertLess(time.monotonic(), deadline, "the readers fell behind")
+                time.sleep(0.001)
+            sender.send_text(message)
+        got = self.received()
+        self.assertEqual(got[0], messages)
+        self.assertEqual(got[1], messages)
+        self.wait_for(lambda: "[%d] dropping WebSocket client" % a in self.stderr(), "the drop")
+        self.wait_for_channels({a: 1, b: 1})
+        self.stop(proc)
+
 
 class RelayFrameTests(unittest.TestCase):
     """Section 16: the relay's frames, as pure functions over bytes."""
