@@ -5611,7 +5611,9 @@ class WorkerProcessTests(unittest.TestCase):
                 self.assertIsNone(proc.poll(), self.stderr())
                 time.sleep(0.1)
         self.assertEqual((environ["REMOTE_ADDR"], environ["PATH_INFO"]), ("::1", "/six"))
-        self.assertIn("serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port, self.stderr())
+        # (A worker serves before it logs that it does: the line may come just after the answer.)
+        self.wait_for(lambda: "serving http://[::1]:%d/ (wsgi test_wsgihost:environ_app)" % port
+                      in self.stderr(), "the serving line")
         self.stop(proc)
 
     def test_router_workers_sharing_a_port_run_as_processes(self):
@@ -6289,6 +6291,556 @@ class RedisChannelTests(unittest.TestCase):
             wsgihost.build_transports(config, ".", ".crossbar/config.json")
         self.assertEqual(str(caught.exception), ".crossbar/config.json: workers[0].options.channels."
                          "redis: expected redis://host:port/db or rediss://..., got 'http://x'")
+
+
+# -----------------------------------------------------------------------------
+# 16. One channel across the workers of a node: the supervisor's relay
+# -----------------------------------------------------------------------------
+
+def worker_channel_app(environ, start_response):
+    """For the relay tests: GET answers which worker this is and how many
+    clients its /ws channel has here; a POST broadcasts its body to /ws."""
+    channel = environ["wsgihost.channels"]["/ws"]
+    body = environ["wsgi.input"].read()
+    if environ["REQUEST_METHOD"] == "POST":
+        channel.broadcast(body.decode())
+    relay = channel.relay
+    reply = json.dumps({"pid": os.getpid(), "clients": len(channel),
+                        "relay": relay and [type(relay).__name__, relay.connected]}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(reply)))])
+    return [reply]
+
+
+def read_http_json(sock, buffer: bytearray):
+    """One keep-alive answer with a Content-Length, read from ``sock``: its JSON."""
+    while b"\r\n\r\n" not in buffer:
+        data = sock.recv(4096)
+        assert data, "closed before an answer"
+        buffer += data
+    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\nContent-Length: *(\d+)", head).group(1))
+    end = len(head) + 4 + length
+    while len(buffer) < end:
+        data = sock.recv(4096)
+        assert data, "closed inside an answer"
+        buffer += data
+    answer = json.loads(bytes(buffer[len(head) + 4:end]))
+    del buffer[:end]
+    return answer
+
+
+class WorkerWSClient(WSClient):
+    """A WSClient that first asks, on the same connection, which worker process it
+    reached (``self.pid``): a GET of ``who`` on keep-alive, then the Upgrade.
+    The kernel chose the worker by a hash of the addresses; this is how a test
+    knows where each client is."""
+
+    def __init__(self, port, path="/ws", who="/who", timeout=30):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % who.encode())
+        self.buffer = bytearray()
+        self.pid = read_http_json(self.sock, self.buffer)["pid"]
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(("GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13"
+                           "\r\n\r\n" % (path, port, key)).encode())
+        while b"\r\n\r\n" not in self.buffer:
+            data = self.sock.recv(4096)
+            assert data, "closed before the handshake's answer"
+            self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n") + 4
+        self.head = bytes(self.buffer[:end]).decode("latin-1")
+        del self.buffer[:end]
+        self.status = int(self.head.split(" ")[1])
+        assert ("Sec-WebSocket-Accept: %s\r\n" % wsgihost.websocket_accept(key)) in self.head, self.head
+
+
+class WorkerHTTP:
+    """A keep-alive HTTP connection to one worker (``self.pid``), for GETs and POSTs of JSON."""
+
+    def __init__(self, port, who="/who"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.buffer = bytearray()
+        self.who = who
+        self.pid = self.request("GET", who)["pid"]
+
+    def request(self, method, path, body=b""):
+        self.sock.sendall(b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                          % (method.encode(), path.encode(), len(body), body))
+        return read_http_json(self.sock, self.buffer)
+
+    def close(self):
+        self.sock.close()
+
+
+def worker_channel_config(port, redis_port=None, **ws_options):
+    """A node config for the relay tests: "/who" (worker_channel_app) and "/ws" (broadcast)."""
+    paths = {"who": {"type": "wsgi", "module": "test_wsgihost", "object": "worker_channel_app"},
+             "ws": {"type": "websocket", "options": ws_options}}
+    config = web_config(paths, {"type": "tcp", "port": port, "interface": "127.0.0.1"},
+                        options={"client_timeout": 30})
+    config["workers"][0]["options"] = {"pythonpath": [HERE]}
+    if redis_port is not None:
+        config["workers"][0]["options"]["channels"] = {"redis": "redis://127.0.0.1:%d/0" % redis_port}
+    return config
+
+
+class WorkerChannelTests(unittest.TestCase):
+    """--workers 2: one channel across the workers, relayed by the supervisor."""
+
+    start = WorkerProcessTests.start
+    kill_all = WorkerProcessTests.kill_all
+    stderr = WorkerProcessTests.stderr
+    wait_for = WorkerProcessTests.wait_for
+
+    def start_node(self, config_path=None, port=None, redis_port=None, workers=2, **ws_options):
+        """``wsgihost CONFIG --workers 2`` (by default a worker_channel_config on a
+        free port); returns the process, once both workers answer /who."""
+        if config_path is None:
+            port = free_port()
+            config_dir = tempfile.mkdtemp()
+            self.addCleanup(shutil.rmtree, config_dir, True)
+            config_path = os.path.join(config_dir, "config.json")
+            write_json(config_path, worker_channel_config(port, redis_port, **ws_options))
+        workers_flag = ["--workers", str(workers)] if workers else []   # None: as the config says
+        proc = self.start([config_path] + workers_flag, port, wait=False)
+        self.wait_for(lambda: proc.poll() is not None or _answers(port, "/who") is not None, "the server")
+        self.assertIsNone(proc.poll(), self.stderr())
+        self.pids = self.worker_pids(workers or 2)
+        return proc
+
+    def worker_pids(self, count, timeout=60) -> set:
+        """Fresh connections to /who until ``count`` different workers have answered."""
+        pids = set()
+        deadline = time.monotonic() + timeout
+        while len(pids) < count:
+            self.assertLess(time.monotonic(), deadline, "only %s answered; stderr:\n%s"
+                            % (pids, self.stderr()))
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                pids.add(answer["pid"])
+        return pids
+
+    def clients(self, per_worker: dict, cls=None) -> dict:
+        """WebSocket clients pinned to workers: pid -> [clients], ``per_worker[pid]`` each
+        (others are closed). New connections go where the kernel's hash puts them:
+        up to 200 are tried."""
+        found = {pid: [] for pid in per_worker}
+        for _ in range(200):
+            if all(len(found[pid]) >= n for pid, n in per_worker.items()):
+                break
+            client = (cls or WorkerWSClient)(self.port)
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101, client.head)
+            if client.pid in found and len(found[client.pid]) < per_worker[client.pid]:
+                found[client.pid].append(client)
+            else:
+                client.close()
+        else:
+            self.fail("200 connections did not reach every worker: %s" % {
+                pid: len(c) for pid, c in found.items()})
+        return found
+
+    def http_to(self, pid) -> WorkerHTTP:
+        """A keep-alive HTTP connection to worker ``pid``."""
+        for _ in range(200):
+            conn = WorkerHTTP(self.port)
+            self.addCleanup(conn.close)
+            if conn.pid == pid:
+                return conn
+            conn.close()
+        self.fail("200 connections did not reach worker %d" % pid)
+
+    def wait_for_channels(self, expected: dict):
+        """Until each worker's /ws channel has the clients expected of it (its
+        client joins the channel just after the handshake's answer)."""
+        seen = {}
+
+        def settled():
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                seen[answer["pid"]] = answer["clients"]
+            return all(seen.get(pid) == n for pid, n in expected.items())
+        self.wait_for(settled, "channel clients %s (seen %s)" % (expected, seen))
+
+    def receive(self, clients, count: int, timeout: float = 120) -> list:
+        """What each client receives, ``count`` text messages each, read in threads
+        (a client that stops reading would be dropped as slow)."""
+        got = [[] for _ in clients]
+        errors = []
+
+        def read(client, into):
+            try:
+                for _ in range(count):
+                    into.append(client.recv_text())
+            except Exception as exc:
+                errors.append(repr(exc))
+        threads = [threading.Thread(target=read, args=(c, g), daemon=True) for c, g in zip(clients, got)]
+        for thread in threads:
+            thread.start()
+        self._readers = threads
+        self._got, self._errors, self._deadline = got, errors, time.monotonic() + timeout
+        return got
+
+    def received(self):
+        """Wait for the readers that receive() started; their lists."""
+        for thread in self._readers:
+            thread.join(max(0.1, self._deadline - time.monotonic()))
+        self.assertEqual(self._errors, [])
+        self.assertFalse(any(t.is_alive() for t in self._readers),
+                         "messages missing: got %s" % [len(g) for g in self._got])
+        return self._got
+
+    def test_a_client_on_each_worker_gets_every_message_in_one_order(self):
+        proc = self.start_node()
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 2, b: 2})
+        self.wait_for_channels({a: 2, b: 2})
+        clients = by_pid[a] + by_pid[b]
+        http_a, http_b = self.http_to(a), self.http_to(b)
+        got = self.receive(clients, 60)
+        sent = []
+        for i in range(50):                         # from the clients of both workers...
+            clients[i % 4].send_text("m%d" % i)
+            sent.append("m%d" % i)
+            if i % 5 == 0:                          # ... and from a WSGI app in each
+                conn = (http_a, http_b)[i // 5 % 2]
+                self.assertEqual(conn.request("POST", "/who", b"w%d" % i),
+                                 {"pid": conn.pid, "clients": 2,     # len(): its own clients
+                                  "relay": ["WorkerRelay", True]})
+                sent.append("w%d" % i)
+        got = self.received()
+        self.assertEqual(sorted(got[0]), sorted(sent))
+        for order in got[1:]:
+            self.assertEqual(order, got[0])         # one order for all
+        for i in range(4):                          # a client's own messages keep their order
+            own = [m for m in got[0] if m in {"m%d" % n for n in range(i, 50, 4)}]
+            self.assertEqual(own, ["m%d" % n for n in range(i, 50, 4)])
+        by_pid[b][0].send(Opcode.BINARY, b"\x00\xffbinary")      # binary stays binary
+        for client in clients:
+            self.assertEqual(client.recv_frame(), (Opcode.BINARY, b"\x00\xffbinary"))
+        self.stop(proc)
+
+    def stop(self, proc):
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(60), 0, self.stderr())
+
+    def test_order_under_load_10_senders_of_1000_messages(self):
+        # 10 clients, 5 on each worker, each sending 1,000 messages and receiving
+        # all 10,000: 100,000 frames out of the node, every client in one order.
+        proc = self.start_node()
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 5, b: 5})
+        self.wait_for_channels({a: 5, b: 5})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 10 * 1000, timeout=300)
+        started = time.monotonic()
+
+        def send(n, client):
+            payload = b"".join(build_frame(Opcode.TEXT, b"%d-%d" % (n, i), True, os.urandom(4))
+                               for i in range(1000))
+            client.sock.sendall(payload)
+        senders = [threading.Thread(target=send, args=(n, c), daemon=True) for n, c in enumerate(clients)]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(120)
+        got = self.received()
+        took = time.monotonic() - started
+        for order in got[1:]:
+            self.assertEqual(order, got[0])
+        self.assertEqual(len(got[0]), 10000)
+        for n in range(10):                         # each sender's messages in its order
+            self.assertEqual([m for m in got[0] if m.startswith("%d-" % n)],
+                             ["%d-%d" % (n, i) for i in range(1000)])
+        print("\n  (relay order under load: 10 x 1,000 messages to 10 clients on 2 workers "
+              "in %.1f s; load average %.1f)" % (took, os.getloadavg()[0]), file=sys.stderr)
+        self.stop(proc)
+
+    def test_a_killed_worker_costs_only_its_own_clients(self):
+        proc = self.start_node()
+        victim, survivor = sorted(self.pids)
+        by_pid = self.clients({victim: 1, survivor: 2})
+        self.wait_for_channels({victim: 1, survivor: 2})
+        doomed, (one, two) = by_pid[victim][0], by_pid[survivor]
+        http = self.http_to(survivor)
+        os.kill(victim, signal.SIGKILL)
+        with self.assertRaises((EOFError, ConnectionError)):
+            doomed.recv_frame()                     # its connection ends with it
+        got = self.receive([one, two], 3)
+        one.send_text("still here")
+        two.send_text("me too")
+        http.request("POST", "/who", b"and the app")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["and the app", "me too", "still here"])
+        # Its replacement gets a fresh link: its new clients and the others' hear each other.
+        self.wait_for(lambda: "worker %d was killed by SIGKILL; starting another" % victim
+                      in self.stderr(), "the restart")
+        # (New connections meant for the dead worker wait in its socket's queue
+        # for the replacement: the first two pids to answer are those serving.)
+        (newcomer,) = self.worker_pids(2) - {survivor}
+        self.assertNotEqual(newcomer, victim)
+        fresh = self.clients({newcomer: 1, survivor: 0})[newcomer][0]
+        self.wait_for_channels({newcomer: 1, survivor: 2})
+        got = self.receive([fresh, one, two], 2)
+        one.send_text("to the new one")
+        fresh.send_text("from the new one")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(got[1], got[2])
+        self.assertEqual(sorted(got[0]), ["from the new one", "to the new one"])
+        self.stop(proc)
+
+    def test_a_worker_that_falls_behind_closes_its_clients_and_the_others_go_on(self):
+        # Worker "stalled" is stopped (SIGSTOP) while 24 MiB are broadcast: the
+        # supervisor holds RELAY_BUFFER (16 MiB) for it and no more, the other
+        # worker's clients get everything meanwhile; resumed, the stalled worker
+        # delivers what it was sent, then closes its clients with 1013, and its
+        # new clients are on the channel again. (Its clients' queues are made
+        # larger than what it delivers at once, or they would be dropped as slow.)
+        proc = self.start_node(max_send_queue=64 * 1024 * 1024)
+        stalled, live = sorted(self.pids)
+        by_pid = self.clients({stalled: 1, live: 1})
+        self.wait_for_channels({stalled: 1, live: 1})
+        behind, sender = by_pid[stalled][0], by_pid[live][0]
+        os.kill(stalled, signal.SIGSTOP)
+        self.addCleanup(lambda: _alive(stalled) and os.kill(stalled, signal.SIGCONT))
+        big = ["%02d" % i + "x" * (1024 * 1024 - 2) for i in range(24)]
+        self.receive([sender], 24)
+        for message in big:
+            sender.send_text(message)
+        (got,) = self.received()
+        self.assertEqual(got, big)                  # the live worker's client missed nothing
+        self.assertIn("worker %d is " % stalled, self.stderr())
+        self.assertIn("bytes behind the channel relay", self.stderr())
+        seen, codes = [], []
+
+        def read_until_close():
+            while True:
+                opcode, payload = behind.recv_frame()
+                if opcode == Opcode.CLOSE:
+                    codes.append(int.from_bytes(payload[:2], "big"))
+                    return
+                seen.append(payload.decode())
+        reader = threading.Thread(target=read_until_close, daemon=True)
+        reader.start()
+        os.kill(stalled, signal.SIGCONT)
+        reader.join(120)
+        self.assertFalse(reader.is_alive(), "no Close for the client of the worker behind")
+        self.assertEqual(codes, [1013])             # Try Again Later
+        self.assertEqual(seen, big[:len(seen)])     # what it got, in order, then nothing
+        self.assertLess(len(seen), 24)
+        self.assertIn("[%d] this worker fell over" % stalled, self.stderr())
+        self.wait_for_channels({stalled: 0, live: 1})
+        again = self.clients({stalled: 1, live: 0})[stalled][0]
+        self.wait_for_channels({stalled: 1, live: 1})
+        got = self.receive([again, sender], 2)
+        sender.send_text("from the live one")
+        again.send_text("back again")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["back again", "from the live one"])
+        self.stop(proc)
+
+    def test_with_redis_the_workers_use_redis_and_nothing_arrives_twice(self):
+        redis_port, _ = start_redis(self)
+        proc = self.start_node(redis_port=redis_port)
+        connected = {}
+
+        def subscribed():
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                connected[answer["pid"]] = answer["relay"]
+            return [connected.get(pid) for pid in self.pids] == [["RedisBridge", True]] * 2
+        self.wait_for(subscribed, "both workers subscribed to Redis (seen %s)" % connected)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 21)
+        for i in range(20):
+            clients[i % 2].send_text("m%d" % i)
+        self.http_to(b).request("POST", "/who", b"from-wsgi")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), sorted(["m%d" % i for i in range(20)] + ["from-wsgi"]))
+        got = self.receive(clients, 1)
+        clients[0].send_text("last")                # a second copy of any would come before it
+        self.assertEqual(self.received(), [["last"], ["last"]])
+        self.stop(proc)
+
+    def test_chat_example_with_two_workers_in_headless_chromium(self):
+        # examples/chat as it is (its port changed, and a /who path added for the
+        # test to see the workers), with --workers 2: a page, and a client on each
+        # worker; every message -- the page's, each client's, a POST's -- reaches
+        # all of them, in one order.
+        executable = shutil.which("chromium") or shutil.which("chromium-browser")
+        if executable is None:
+            self.skipTest("Chromium is not installed (.ci/run installs Debian's chromium)")
+        target, port = SubprocessTests.copy_example(self, "chat")
+        config_path = os.path.join(target, ".crossbar", "config.json")
+        with open(config_path) as f:
+            config = json.load(f)
+        config["workers"][0]["options"]["pythonpath"].append(HERE)
+        config["workers"][0]["transports"][0]["paths"]["who"] = {
+            "type": "wsgi", "module": "test_wsgihost", "object": "worker_channel_app"}
+        write_json(config_path, config)
+        proc = self.start_node(config_path, port)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        profile = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, profile, True)
+        browser = ChromiumPipe(executable, os.path.join(profile, "profile"),
+                               os.path.join(profile, "chromium.log"))
+        self.addCleanup(browser.close)
+        target_id = browser.send("Target.createTarget",
+                                 {"url": "http://127.0.0.1:%d/?say=from-page" % port})["targetId"]
+        session = browser.send("Target.attachToTarget",
+                               {"targetId": target_id, "flatten": True})["sessionId"]
+        seen = {}
+
+        def page_connected():               # Chromium starts slowly on a busy machine
+            answer = _answers(self.port, "/who")
+            if answer is not None:
+                seen[answer["pid"]] = answer["clients"]
+            return len(seen) == 2 and sum(seen.values()) == 3
+        self.wait_for(page_connected, "the page's WebSocket", timeout=120)
+        clients[0].send_text("from-worker-a")
+        clients[1].send_text("from-worker-b")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/say", "message=from-post", {"Content-Type": "application/x-www-form-urlencoded"})
+        self.assertEqual(conn.getresponse().status, 303)
+        conn.close()
+        expected = ["from-page", "from-post", "from-worker-a", "from-worker-b"]
+        self.receive(clients, 4)
+        got = self.received()
+        state, deadline = {}, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            result = browser.send("Runtime.evaluate", {"returnByValue": True, "expression":
+                                  'JSON.stringify({status: document.getElementById("status").textContent,'
+                                  ' messages: Array.from(document.querySelectorAll("#messages li"),'
+                                  ' li => li.textContent)})'}, session)
+            state = json.loads(result["result"]["value"])
+            if len(state["messages"]) >= 4:
+                break
+            time.sleep(0.05)
+        self.assertEqual(state["status"], "connected")
+        self.assertEqual(sorted(state["messages"]), expected)
+        self.assertEqual(got[0], state["messages"])         # one order: the page's and the clients'
+        self.assertEqual(got[1], state["messages"])
+        self.stop(proc)
+
+    def test_after_sighup_the_new_workers_share_one_channel(self):
+        proc = self.start_node()
+        old = set(self.pids)
+        proc.send_signal(signal.SIGHUP)
+        self.wait_for(lambda: "reloaded: workers" in self.stderr(), "the reload")
+        self.wait_for(lambda: not any(_alive(pid) for pid in old), "the old workers' exit")
+        self.pids = self.worker_pids(2)
+        self.assertFalse(self.pids & old)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})         # each new worker has a fresh link
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 2)
+        clients[0].send_text("from a")
+        clients[1].send_text("from b")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["from a", "from b"])
+        self.stop(proc)
+
+    def test_router_workers_sharing_a_port_share_the_channel(self):
+        port = free_port()
+        transport = worker_channel_config(port)["workers"][0]["transports"][0]
+        transport["endpoint"]["shared"] = True
+        config_dir = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, config_dir, True)
+        config_path = os.path.join(config_dir, "config.json")
+        write_json(config_path, {"workers": [
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]},
+            {"type": "router", "options": {"pythonpath": [HERE]}, "transports": [transport]}]})
+        proc = self.start_node(config_path, port, workers=None)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 1, b: 1})
+        self.wait_for_channels({a: 1, b: 1})
+        clients = by_pid[a] + by_pid[b]
+        got = self.receive(clients, 3)
+        clients[0].send_text("from a")
+        clients[1].send_text("from b")
+        self.http_to(a).request("POST", "/who", b"from the app")
+        got = self.received()
+        self.assertEqual(got[0], got[1])
+        self.assertEqual(sorted(got[0]), ["from a", "from b", "from the app"])
+        self.stop(proc)
+
+    def test_the_slow_client_rule_holds_in_each_worker(self):
+        # A client of worker "a" that reads nothing is dropped there, as in one
+        # process (max_send_queue 1 MiB; 20 MB are broadcast, far more than the
+        # kernel's buffers hold); the other client of "a" and the client of "b"
+        # get every message, in one order. The sender keeps at most 20 messages
+        # (200 KB) ahead of the readers, so that they are never the slow ones.
+        proc = self.start_node(max_send_queue=1024 * 1024)
+        a, b = sorted(self.pids)
+        by_pid = self.clients({a: 2, b: 1})
+        self.wait_for_channels({a: 2, b: 1})
+        (slow, fast), (sender,) = by_pid[a], by_pid[b]
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        got = self.receive([fast, sender], 2000)
+        messages = ["%04d" % i + "x" * 9996 for i in range(2000)]
+        deadline = time.monotonic() + 120
+        for i, message in enumerate(messages):
+            while i - min(len(g) for g in got) > 20 and not self._errors:
+                self.assertLess(time.monotonic(), deadline, "the readers fell behind")
+                time.sleep(0.001)
+            sender.send_text(message)
+        got = self.received()
+        self.assertEqual(got[0], messages)
+        self.assertEqual(got[1], messages)
+        self.wait_for(lambda: "[%d] dropping WebSocket client" % a in self.stderr(), "the drop")
+        self.wait_for_channels({a: 1, b: 1})
+        self.stop(proc)
+
+
+class RelayFrameTests(unittest.TestCase):
+    """Section 16: the relay's frames, as pure functions over bytes."""
+
+    def test_text_and_binary_survive_whole_and_byte_by_byte(self):
+        for path, message in (("/ws", "héllo"), ("/ws", ""), ("/a/b", b"\x00\xff"), ("/ws", b""),
+                              ("/é", "x" * 70000)):
+            with self.subTest(path=path, message=message[:10]):
+                frame = wsgihost.build_relay_frame(path, message)
+                self.assertEqual(wsgihost.relay_frame_end(frame + b"next"), len(frame))
+                (got_path, got), end = wsgihost.parse_relay_frame(frame + b"next")
+                self.assertEqual((got_path, type(got), got, end), (path, type(message), message, len(frame)))
+                for cut in range(0, len(frame), max(1, len(frame) // 50)):   # a prefix is "not yet"
+                    self.assertIsNone(wsgihost.parse_relay_frame(frame[:cut]))
+
+    def test_the_layout(self):
+        # 4 bytes: what follows the header (3 + 2); "t"; 2 bytes: the path's length.
+        self.assertEqual(wsgihost.build_relay_frame("/ws", "hi"), b"\x00\x00\x00\x05t\x00\x03/wshi")
+        self.assertEqual(wsgihost.build_relay_frame("/ws", b"hi"), b"\x00\x00\x00\x05b\x00\x03/wshi")
+        self.assertEqual(wsgihost.RELAY_BEHIND_FRAME, b"\x00\x00\x00\x00!\x00\x00")
+        self.assertEqual(wsgihost.parse_relay_frame(wsgihost.RELAY_BEHIND_FRAME), ((None, None), 7))
+
+    def test_frames_found_one_after_another(self):
+        frames = b"".join(wsgihost.build_relay_frame("/ws", m) for m in ("a", b"b", "c"))
+        end, found = 0, []
+        while end < len(frames):
+            message, end = wsgihost.parse_relay_frame(frames, end)
+            found.append(message)
+        self.assertEqual(found, [("/ws", "a"), ("/ws", b"b"), ("/ws", "c")])
+
+    def test_bytes_that_are_no_frame_raise(self):
+        for data in (b"\x00\x00\x00\x02x\x00\x00ab",           # unknown kind
+                     b"\x00\x00\x00\x02t\x00\x03/ws",           # a path longer than the frame
+                     b"\x00\x00\x00\x01!\x00\x00x",             # a "behind" frame with a body
+                     b"\x00\x00\x00\x02t\x00\x00\xff\xfe"):     # text that is not UTF-8
+            with self.subTest(data=data), self.assertRaises(ValueError):
+                wsgihost.parse_relay_frame(data)
 
 
 # -----------------------------------------------------------------------------

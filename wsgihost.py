@@ -33,7 +33,9 @@ What it implements:
 - Worker processes (``--workers N``, or router workers sharing a port) under
   one supervisor: restarted when they die, drained on SIGTERM, replaced one
   by one on SIGHUP; ``--reload`` for development.
-- Channels across nodes through Redis pub/sub (a small RESP client).
+- A websocket path's channel spans the worker processes (the supervisor
+  relays its messages) and, through Redis pub/sub (a small RESP client),
+  several nodes.
 
 What it does not do (yet): HTTP/2, and the WAMP router that Crossbar also is.
 
@@ -281,6 +283,18 @@ WORKER_STABLE_TIME = 10.0
 WORKER_START_TIMEOUT = 120.0
 #: Seconds between two looks at the mtimes of the imported modules (--reload).
 RELOAD_POLL_INTERVAL = 1.0
+#: Bytes of channel messages the supervisor's relay holds for one worker that
+#: has not read them yet -- and a worker for the supervisor -- so that the
+#: relay never waits for anyone (as MAX_SEND_QUEUE for a client; one message
+#: always fits an empty buffer). A worker further behind misses messages: its
+#: channel clients are then closed with RELAY_BEHIND_CLOSE_CODE (section 16).
+RELAY_BUFFER = 16 * 1024 * 1024
+#: Bytes the relay reads from, or writes to, one worker's link at a time.
+RELAY_CHUNK = 256 * 1024
+#: The close code for the clients of a worker that fell behind the relay:
+#: 1013 "Try Again Later", from IANA's registry of WebSocket close codes
+#: (RFC 6455 §11.7): the server, not the client, was too slow.
+RELAY_BEHIND_CLOSE_CODE = 1013
 
 SERVER_SOFTWARE = "wsgihost/" + __version__
 
@@ -5464,7 +5478,7 @@ class Node:
         self.transports = transports if transports is not None else build_transports(
             config, cbdir, filename)
         self.threads = []
-        self.bridges = []               # RedisBridges of the workers' "channels"
+        self.bridges = []               # RedisBridges of the workers' "channels", a WorkerRelay
         self.stopped = threading.Event()
 
     @classmethod
@@ -5484,6 +5498,7 @@ class Node:
                     server.server_close()
                 raise OSError(exc.errno, "cannot listen on %s: %s"
                               % (transport.address(), exc.strerror or exc)) from exc
+        self._join_channels()           # before the first client: its broadcasts must travel
         for transport, server in zip(self.transports, servers):
             transport.server = server
             if transport.family == _AF_UNIX:
@@ -5495,25 +5510,34 @@ class Node:
                                       daemon=True)
             thread.start()
             self.threads.append(thread)
-        self._join_channels()
         return self
 
-    def _join_channels(self):
-        """One RedisBridge per Redis configured, for the channels of its workers' transports."""
-        by_redis = {}
-        for transport in self.transports:
-            if transport.redis is not None and transport.channels:
-                by_redis.setdefault(transport.redis, []).append(transport)
-        for (url, prefix), transports in by_redis.items():
-            channels = {}
-            for transport in transports:
-                for path, channel in transport.channels.items():
-                    channels.setdefault(path, []).append(channel)
+    #: In a worker process with other workers: its end of the supervisor's
+    #: relay (section 16), which the channels of transports without Redis join.
+    worker_link = None
 
-            def deliver(path, message, channels=channels):
-                for channel in channels.get(path, ()):
-                    channel.deliver(message)
-            bridge = RedisBridge(url, list(channels), deliver, prefix).start()
+    def _join_channels(self):
+        """Channels that span processes: one RedisBridge per Redis configured, for
+        the channels of its workers' transports; in a worker process, the
+        supervisor's relay for the others (Redis spans the workers already:
+        a channel on both would get each message twice)."""
+        joined = {}                     # (URL, prefix), or "relay" -> {path: [Channel]}
+        if self.worker_link is not None:
+            joined["relay"] = {}        # read even with no channel here: the relay never waits
+        for transport in self.transports:
+            via = transport.redis if transport.redis is not None else (
+                "relay" if self.worker_link is not None else None)
+            if via is not None:
+                for path, channel in transport.channels.items():
+                    joined.setdefault(via, {}).setdefault(path, []).append(channel)
+        for via, channels in joined.items():
+            if via == "relay":
+                bridge = WorkerRelay(self.worker_link, channels).start()
+            else:
+                def deliver(path, message, channels=channels):
+                    for channel in channels.get(path, ()):
+                        channel.deliver(message)
+                bridge = RedisBridge(via[0], list(channels), deliver, via[1]).start()
             for group in channels.values():
                 for channel in group:
                     channel.relay = bridge
@@ -5593,11 +5617,13 @@ def run_node(node: Node) -> int:
 # =============================================================================
 # 15. Channels across processes and machines: Redis pub/sub over RESP
 # =============================================================================
-# A websocket path's Channel delivers to the clients of one process. With a
-# Redis server configured (router worker option "channels": {"redis": URL}),
-# every broadcast is PUBLISHed to Redis and delivered when it comes back
-# from a SUBSCRIBE, so every node sharing that Redis -- and every client of
-# every node -- gets every message, in the one order Redis gives them.
+# A websocket path's Channel delivers to the clients of one process; the
+# workers of one node share it through the supervisor's relay (section 16),
+# with nothing to configure. With a Redis server configured (router worker
+# option "channels": {"redis": URL}), every broadcast is PUBLISHed to Redis
+# and delivered when it comes back from a SUBSCRIBE, so every node sharing
+# that Redis -- and every client of every node, whichever its worker -- gets
+# every message, in the one order Redis gives them.
 # Delivery is at most once: Redis pub/sub keeps nothing for a subscriber
 # that is away, so what is published while a node is disconnected never
 # reaches its clients (and while it is disconnected, its own broadcasts are
@@ -5973,8 +5999,37 @@ class RedisBridge:
 #   endpoints to bind; each worker imports its apps after the fork.
 # - --workers N runs N copies of the whole node; without it, router workers
 #   that share a port run one process each. wsgi.multiprocess is then True.
-# - A websocket path's broadcast channel reaches the clients of its own
-#   process only.
+# - One channel across the workers, with nothing to set up: the supervisor
+#   relays channel messages. Each worker (when there are several) gets a
+#   unix socketpair to it at fork -- a fresh one for a replacement or a
+#   reloaded worker. A broadcast in a worker (a client's message on a
+#   broadcast path, or channel.broadcast() from an app or handler) goes up
+#   its link as one length-prefixed frame (build_relay_frame: path, text or
+#   binary, payload); the supervisor sends each whole frame, in the order it
+#   read them, to every worker -- the sender too, which delivers its own
+#   broadcast when it comes back, as from Redis (section 15) -- so every
+#   client of the node gets every message in one order: the supervisor is
+#   the sequencer. A channel on the relay is named by its URL path, as on
+#   Redis: two transports of the node with the same websocket path share it.
+#   Transports whose router worker configures Redis use Redis instead (it
+#   spans the processes already), so nothing arrives twice -- and while
+#   Redis is unreachable their broadcasts stay in their worker. A node of
+#   one process needs neither.
+#   The relay never waits for a worker: the supervisor's links are
+#   non-blocking, and it holds at most RELAY_BUFFER bytes for each worker. A
+#   worker further behind (stopped, or starved of CPU) misses what does not
+#   fit; once it has read the rest, it gets a "behind" frame and closes its
+#   channel clients with 1013 (Try Again Later), since they missed messages
+#   and the promise is every message in one order: they reconnect, and
+#   memory stays bounded. (Killing the worker would also cost its HTTP
+#   requests; delivering with gaps would break the promise unseen.) A
+#   worker's own side queues at most RELAY_BUFFER bytes for the supervisor
+#   and drops broadcasts beyond, with a log line, as the Redis publisher
+#   does. A dead worker costs only its own clients. Delivery is at most
+#   once, as through Redis. The supervisor relays in its one thread: it
+#   waits only in _wait(), which moves the relay's bytes meanwhile -- in
+#   its loop, while a child checks the config at a reload, while the
+#   workers stop.
 
 #: The signals the supervisor handles; blocked around fork() so that a worker
 #: never runs the supervisor's handlers.
@@ -6053,6 +6108,179 @@ class _ModuleWatcher:
         return found
 
 
+# -- the relay's frames (pure) ---------------------------------------------------
+
+#: A relay frame's header: the bytes after it (path and payload), the kind
+#: (b"t" text, b"b" binary, b"!" behind), and the path's length; then the
+#: path (UTF-8) and the payload. The length comes first so that the
+#: supervisor forwards whole frames without decoding them.
+RELAY_HEADER = struct.Struct("!IBH")
+#: What the supervisor sends a worker that fell behind, once it caught up.
+RELAY_BEHIND_FRAME = RELAY_HEADER.pack(0, ord("!"), 0)
+
+
+def build_relay_frame(path: str, message) -> bytes:
+    """A channel message (str: text, bytes: binary) on ``path`` as one relay frame."""
+    path_bytes = path.encode("utf-8")
+    if isinstance(message, str):
+        kind, payload = b"t", message.encode("utf-8")
+    else:
+        kind, payload = b"b", bytes(message)
+    size = len(path_bytes) + len(payload)
+    if size >= 2 ** 32 or len(path_bytes) >= 2 ** 16:
+        raise ValueError("a channel message of %d bytes on %s is too large for the relay"
+                         % (len(payload), _show(path)))
+    return RELAY_HEADER.pack(size, kind[0], len(path_bytes)) + path_bytes + payload
+
+
+def relay_frame_end(buffer, start: int = 0):
+    """Where the relay frame at ``buffer[start:]`` ends, or None while it is incomplete.
+
+    ValueError for bytes that are no frame (an unknown kind, a path longer
+    than the frame): the supervisor then closes that worker's link.
+    """
+    if len(buffer) - start < RELAY_HEADER.size:
+        return None
+    size, kind, path_size = RELAY_HEADER.unpack_from(buffer, start)
+    if kind not in b"tb!" or path_size > size or (kind == ord("!") and size):
+        raise ValueError("not a relay frame: %s (expected a length, then t, b or !)"
+                         % _show(bytes(buffer[start:start + RELAY_HEADER.size + 16])))
+    end = start + RELAY_HEADER.size + size
+    return end if end <= len(buffer) else None
+
+
+def parse_relay_frame(buffer, start: int = 0):
+    """The relay frame at ``buffer[start:]``: ((path, message), end), or None while incomplete.
+
+    ``message`` is str for text, bytes for binary; the "behind" frame gives
+    (None, None). ValueError as relay_frame_end, or for a path or text that
+    is not UTF-8.
+    """
+    end = relay_frame_end(buffer, start)
+    if end is None:
+        return None
+    _, kind, path_size = RELAY_HEADER.unpack_from(buffer, start)
+    if kind == ord("!"):
+        return (None, None), end
+    path_end = start + RELAY_HEADER.size + path_size
+    try:
+        path = bytes(buffer[start + RELAY_HEADER.size:path_end]).decode("utf-8")
+        payload = bytes(buffer[path_end:end])
+        return (path, payload.decode("utf-8") if kind == ord("t") else payload), end
+    except UnicodeDecodeError as exc:
+        raise ValueError("a relay frame that is not UTF-8 where it must be: %s" % exc) from None
+
+
+class WorkerRelay:
+    """A worker's end of the supervisor's relay: the Channel.relay of its websocket paths.
+
+    ``publish(path, message)`` queues a frame for the supervisor and returns
+    at once (False if it had to be dropped); a thread writes the queue to
+    the link; another reads what the supervisor sends -- every worker's
+    broadcasts, this one's too, in one order -- and delivers each to the
+    clients here of its path. ``connected`` is False once the link is gone
+    (the supervisor died: the worker stops within RELOAD_POLL_INTERVAL);
+    broadcasts then stay in this process.
+    """
+
+    def __init__(self, link: socket.socket, channels: dict):
+        self.link = link                # a connected unix socket, blocking
+        self.channels = channels        # path -> [Channel]: transports may share a path
+        self.connected = True
+        self.running = True
+        self.pending = bytearray()      # frames for the supervisor, at most RELAY_BUFFER
+        self.dropping = False           # logged once per run of dropped broadcasts
+        self.cond = threading.Condition()
+
+    def start(self) -> WorkerRelay:
+        for target, name in ((self._read_loop, "wsgihost-relay-in"),
+                             (self._write_loop, "wsgihost-relay-out")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.running = self.connected = False
+        with self.cond:
+            self.cond.notify_all()
+        # Shut down, not closed: the reader may be in recv() on it, and a
+        # descriptor closed under it could be handed to a new socket.
+        _shutdown_socket(self.link, socket.SHUT_RDWR)
+
+    def publish(self, path: str, message) -> bool:
+        try:
+            frame = build_relay_frame(path, message)
+        except ValueError as exc:
+            log.warning("a broadcast is dropped: %s", exc)
+            return False
+        with self.cond:
+            if self.pending and len(self.pending) + len(frame) > RELAY_BUFFER:
+                if not self.dropping:
+                    log.warning("the supervisor's relay is %d bytes behind this worker: "
+                                "broadcasts are dropped until it catches up", len(self.pending))
+                self.dropping = True
+                return False
+            self.dropping = False
+            self.pending += frame
+            self.cond.notify()
+        return True
+
+    def _write_loop(self):
+        try:
+            while True:
+                with self.cond:
+                    while self.running and not self.pending:
+                        self.cond.wait()
+                    if not self.running:
+                        return
+                    data, self.pending = self.pending, bytearray()
+                self.link.sendall(data)     # all that queued meanwhile, in one write
+        except OSError as exc:
+            if self.running:
+                log.error("the link to the supervisor's relay failed: %s", exc)
+        finally:
+            self.connected = False
+
+    def _read_loop(self):
+        buffer = bytearray()
+        try:
+            while self.running:
+                data = self.link.recv(RELAY_CHUNK)
+                if not data:
+                    break
+                buffer += data
+                start = 0
+                while True:
+                    parsed = parse_relay_frame(buffer, start)
+                    if parsed is None:
+                        break
+                    (path, message), start = parsed
+                    if path is None:
+                        self._fell_behind()
+                    else:
+                        for channel in self.channels.get(path, ()):
+                            channel.deliver(message)
+                del buffer[:start]
+        except (OSError, ValueError) as exc:
+            if self.running:
+                log.error("the link to the supervisor's relay failed: %s", exc)
+        finally:
+            self.connected = False
+            if self.running:
+                log.warning("no link to the supervisor's relay: channels reach the clients "
+                            "of this worker only")
+
+    def _fell_behind(self):
+        """This worker missed messages: its clients are closed, to reconnect (see above)."""
+        groups = list(self.channels.values())
+        log.warning("this worker fell over %d MiB behind the channel relay and missed "
+                    "messages: closing its %d channel clients with %d", RELAY_BUFFER // 2 ** 20,
+                    sum(len(channel) for group in groups for channel in group),
+                    RELAY_BEHIND_CLOSE_CODE)
+        for group in groups:
+            for channel in group:
+                channel.close_all(RELAY_BEHIND_CLOSE_CODE, "missed messages: reconnect")
+
+
 class _Worker:
     """The supervisor's record of one worker process."""
 
@@ -6066,6 +6294,10 @@ class _Worker:
         self.started = time.monotonic()
         self.ready = False
         self.stopping = False           # sent TERM: its exit is expected
+        self.link = None                # the relay's non-blocking socket to it, if any
+        self.inbox = bytearray()        # what it sent, up to a frame not yet whole
+        self.outbox = bytearray()       # frames for it, at most RELAY_BUFFER (one may be over)
+        self.behind = False             # frames for it were dropped: owes it the "behind" frame
 
 
 class Supervisor:
@@ -6136,6 +6368,8 @@ class Supervisor:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self._close_sockets(set())
+            for worker in self.workers.values():
+                self._unlink(worker)
             os.close(self._wake_r)
             os.close(self._wake_w)
 
@@ -6149,8 +6383,7 @@ class Supervisor:
         now = time.monotonic()
         timeout = min([1.0] + [when - now for when, _ in self.restarts])
         fds = [self._wake_r] + [w.status for w in self.workers.values() if w.status is not None]
-        readable, _, _ = select.select(fds, [], [], max(timeout, 0.0))
-        for fd in readable:
+        for fd in self._wait(fds, max(timeout, 0.0)):
             if fd == self._wake_r:
                 _drain(fd)
                 continue
@@ -6195,6 +6428,94 @@ class Supervisor:
             elif line == b"reload" and worker.generation == self.generation and not worker.stopping:
                 self._reload()
 
+    # -- the channel relay -------------------------------------------------------------
+
+    def _wait(self, fds: list, timeout: float) -> list:
+        """select() on ``fds`` for up to ``timeout`` s; which are readable.
+
+        Meanwhile the relay moves: frames from every worker's link are
+        queued for every worker, and queued frames sent as far as each
+        link takes them without waiting.
+        """
+        links = {w.link: w for w in self.workers.values() if w.link is not None}
+        sending = [w.link for w in links.values() if w.outbox or w.behind]
+        readable, _, _ = select.select(fds + list(links), sending, [], timeout)
+        ready = []
+        for item in readable:
+            worker = links.get(item)
+            if worker is None:
+                ready.append(item)
+            elif worker.link is not None:
+                self._relay_in(worker)
+        for worker in links.values():
+            if worker.link is not None and (worker.outbox or worker.behind):
+                self._relay_out(worker)
+        return ready
+
+    def _relay_in(self, worker: _Worker):
+        """Read from a worker's link; queue its whole frames for every worker, it too."""
+        try:
+            data = worker.link.recv(RELAY_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:                        # it exited: _reap hears of it
+            self._unlink(worker)
+            return
+        inbox = worker.inbox
+        inbox += data
+        end = 0
+        try:
+            while True:
+                frame_end = relay_frame_end(inbox, end)
+                if frame_end is None:
+                    break
+                end = frame_end
+        except ValueError as exc:
+            log.error("worker %d: %s; its link to the relay is closed", worker.pid, exc)
+            self._unlink(worker)
+            return
+        if end:
+            frames = bytes(inbox[:end])
+            del inbox[:end]
+            for other in self.workers.values():
+                if other.link is not None:
+                    self._relay_queue(other, frames)
+
+    def _relay_queue(self, worker: _Worker, frames: bytes):
+        if worker.behind:
+            return                          # it gets the "behind" frame once it catches up
+        if worker.outbox and len(worker.outbox) + len(frames) > RELAY_BUFFER:
+            log.warning("worker %d is %d bytes behind the channel relay: it misses messages "
+                        "from now until it catches up, then its channel clients are closed "
+                        "(%d)", worker.pid, len(worker.outbox), RELAY_BEHIND_CLOSE_CODE)
+            worker.behind = True
+            return
+        worker.outbox += frames
+
+    def _relay_out(self, worker: _Worker):
+        """Send a worker what is queued for it, as far as its link takes it now."""
+        while True:
+            if not worker.outbox:
+                if not worker.behind:
+                    return
+                worker.behind = False       # it has read all it was sent: now it may know
+                worker.outbox += RELAY_BEHIND_FRAME
+            try:
+                sent = worker.link.send(worker.outbox[:RELAY_CHUNK])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._unlink(worker)
+                return
+            del worker.outbox[:sent]        # (cheap: a bytearray drops its head in place)
+
+    def _unlink(self, worker: _Worker):
+        if worker.link is not None:
+            worker.link.close()
+        worker.link, worker.inbox, worker.outbox, worker.behind = None, bytearray(), bytearray(), False
+
     # -- workers: start, reap, replace ----------------------------------------------
 
     def _fork(self, child) -> int:
@@ -6221,6 +6542,8 @@ class Supervisor:
             for worker in self.workers.values():
                 if worker.status is not None:
                     os.close(worker.status)
+                if worker.link is not None:
+                    worker.link.close()
             code = child()
         except SystemExit as exc:
             code = exc.code if type(exc.code) is int else 1
@@ -6235,10 +6558,25 @@ class Supervisor:
 
     def _spawn(self, index: int) -> _Worker:
         read_fd, write_fd = os.pipe()
-        pid = self._fork(lambda: self._serve(index, read_fd, write_fd))
-        os.close(write_fd)
+        # The relay's link (see above), where there are other workers to reach.
+        link, worker_end = socket.socketpair() if len(self.plan) > 1 else (None, None)
+        try:
+            pid = self._fork(lambda: self._serve(index, read_fd, write_fd, worker_end, link))
+        except BaseException:
+            os.close(read_fd)
+            for sock in (link, worker_end):
+                if sock is not None:
+                    sock.close()
+            raise
+        finally:
+            os.close(write_fd)
+            if worker_end is not None:
+                worker_end.close()
         os.set_blocking(read_fd, False)
         worker = self.workers[pid] = _Worker(pid, index, read_fd, self.generation, self.keys)
+        if link is not None:
+            link.setblocking(False)
+            worker.link = link
         return worker
 
     def _reap(self):
@@ -6254,6 +6592,7 @@ class Supervisor:
         del self.workers[worker.pid]
         if worker.status is not None:
             os.close(worker.status)
+        self._unlink(worker)
         reason = _exit_reason(status)
         if worker.stopping:
             log.debug("worker %d stopped: it %s", worker.pid, reason)
@@ -6294,7 +6633,7 @@ class Supervisor:
         requests = self.stop_requests
         while self.workers and time.monotonic() < deadline:
             self._reap()
-            select.select([self._wake_r], [], [], 0.05)
+            self._wait([self._wake_r], 0.05)
             _drain(self._wake_r)
             if self.stop_requests > requests:
                 log.info("stopping now: killing the workers")
@@ -6303,6 +6642,7 @@ class Supervisor:
             self._stop_worker(worker, signal.SIGKILL)
             os.waitpid(worker.pid, 0)
             del self.workers[worker.pid]
+            self._unlink(worker)
         log.info("stopped")
 
     # -- reloading ---------------------------------------------------------------
@@ -6395,7 +6735,7 @@ class Supervisor:
                 if self.stop_requests:
                     os.kill(pid, signal.SIGKILL)        # stopping: no time for it
                     break
-                if select.select([read_fd], [], [], 0.5)[0]:
+                if self._wait([read_fd], 0.5):
                     chunk = os.read(read_fd, 65536)
                     if not chunk:
                         break
@@ -6498,9 +6838,14 @@ class Supervisor:
 
     # -- a worker process ---------------------------------------------------------------
 
-    def _serve(self, index: int, read_fd: int, write_fd: int) -> int:
-        """A worker: import the apps, serve on the inherited sockets until TERM."""
+    def _serve(self, index: int, read_fd: int, write_fd: int, link=None, supervisor_end=None) -> int:
+        """A worker: import the apps, serve on the inherited sockets until TERM.
+
+        ``link``: its end of the relay's socketpair (None without other workers).
+        """
         os.close(read_fd)
+        if supervisor_end is not None:
+            supervisor_end.close()
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
         logging.disable(logging.WARNING)      # the checker has said it once
@@ -6523,7 +6868,9 @@ class Supervisor:
         for sock in self.sockets.values():
             sock.close()            # those it serves are dup()ed; the others are not its own
         watcher = _ModuleWatcher([self.config_path]) if self.watch else None    # before serving
-        node = Node(transports=mine).start()
+        node = Node(transports=mine)
+        node.worker_link = link
+        node.start()
         for transport in mine:
             log.info("serving %s", ", ".join(transport.urls()))
         os.write(write_fd, b"ready\n")
