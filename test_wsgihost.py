@@ -3856,6 +3856,31 @@ class TLSTests(unittest.TestCase):
                               str(caught.exception))
                 self.assertNotIn("\n", str(caught.exception))
 
+    def test_wss_broadcast_clients_wait_in_the_selector(self):
+        """wss:// on a broadcast path: no thread per client; a message larger than the
+        socket takes at once (TLS sends that must be retried), a broadcast, the close."""
+        node, port = self.start()
+        transport = node.transports[0]
+        clients = [WSClient(port, context=self.client_context) for _ in range(5)]
+        for client in clients:
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101)
+        channel = transport.channels["/ws"]
+        deadline = time.monotonic() + 30
+        while len(channel) < 5:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        self.assertEqual(sorted(conn.state for conn in transport.connections), ["websocket"] * 5)
+        big = os.urandom(2 * 1024 * 1024)
+        clients[0].send(Opcode.BINARY, big)
+        for client in clients:                                  # broadcast: everyone, the sender too
+            self.assertEqual(client.recv_frame(), (Opcode.BINARY, big))
+        self.assertEqual(channel.broadcast("over wss"), 5)
+        for client in clients:
+            self.assertEqual(client.recv_text(), "over wss")
+        clients[1].send(Opcode.CLOSE, b"\x03\xe8")
+        self.assertEqual(clients[1].expect_close(), 1000)
+
 
 class WaitingRoomTests(unittest.TestCase):
     """Section 11: what waits holds a socket, not a thread; every wait has a bound."""

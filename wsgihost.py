@@ -29,7 +29,8 @@ What it implements:
   (conditional and range requests, RFC 9110 §13-14), ``redirect`` and
   ``json`` services, and nested ``path`` trees.
 - TLS endpoints (https, wss), with client certificates.
-- Connections that wait cost a socket in one selector, not a thread.
+- Connections that wait cost a socket in one selector, not a thread; so do
+  the clients of a broadcast WebSocket path, however long they stay.
 - Worker processes (``--workers N``, or router workers sharing a port) under
   one supervisor: restarted when they die, drained on SIGTERM, replaced one
   by one on SIGHUP; ``--reload`` for development.
@@ -1787,12 +1788,12 @@ def _log_escape(text: str) -> str:
 # the waiting room's selector (section 13) and costs no thread: its bytes
 # are read and fed there, its messages broadcast, and what it is sent goes
 # out by non-blocking sends, the rest waiting in its queue until the socket
-# is writable. A handler's client (and any wss:// one) has the connection's
-# thread, which reads frames and runs the handler with its blocking API, and
-# a writer thread that sends what is queued. Either way a broadcast never
-# waits on a slow client: one whose queue a broadcast would take over
-# max_send_queue is dropped with 1008 (policy violation), its Close sent
-# ahead of its queue, where the socket takes it.
+# is writable (ws:// and wss:// alike). A handler's client has the
+# connection's thread, which reads frames and runs the handler with its
+# blocking API, and a writer thread that sends what is queued. Either way a
+# broadcast never waits on a slow client: one whose queue a broadcast would
+# take over max_send_queue is dropped with 1008 (policy violation), its
+# Close sent ahead of its queue, where the socket takes it.
 #
 # Compression (RFC 7692, permessage-deflate) is negotiated in the handshake by
 # a pure function: the client's offers in, the agreed parameters and our
@@ -2547,9 +2548,9 @@ class WebSocket:
     Around its WebSocketProtocol (``proto``) it keeps the bytes to send, in
     order, under one lock, and the one rule for the TCP connection
     (``_closing_rule``). Two drivers move the bytes: ``run()``, a thread per
-    connection (a handler's, or any wss:// one) reading with blocking
+    connection (a handler's) reading with blocking
     receives and a writer thread sending; or the waiting room's selector
-    (section 13), for a broadcast path's clients, which costs no thread:
+    (section 13), for a broadcast path's clients (ws:// and wss://), which costs no thread:
     there ``room`` is set, every send is non-blocking, and what the socket
     does not take at once waits in the queue until it turns writable.
     """
@@ -2572,6 +2573,9 @@ class WebSocket:
         self._out = collections.deque()     # frames to send, in order
         self._out_bytes = 0
         self._partial = False           # _out[0] is partly sent (the selector's driver)
+        # TLS, non-blocking: a send that raised SSLWantWriteError must be
+        # retried with the same bytes (OpenSSL has sent some of its records).
+        self._retry = False
         self._sending = False           # the writer thread is sending what it took from _out
         self.tcp = TCP_OPEN             # TCP_SHUT: our FIN is sent; TCP_CUT: closed or lost
         # RFC 6455 §7.1.1 and §7.1.3: one deadline for the closing
@@ -2716,7 +2720,7 @@ class WebSocket:
         out = self._out
         try:
             while out:
-                if len(out) > 1 and len(out[0]) < SEND_SLICE:
+                if len(out) > 1 and len(out[0]) < SEND_SLICE and not self._retry:
                     parts, size = [], 0
                     while out and size < SEND_SLICE:
                         size += len(out[0])
@@ -2730,9 +2734,11 @@ class WebSocket:
                     self._partial = True
                     break
                 out.popleft()
-                self._partial = False
+                self._partial = self._retry = False
         except (BlockingIOError, InterruptedError):
             pass
+        except _SSL_WANT:
+            self._partial = self._retry = True
         except OSError as exc:
             self._cut("send failed: %s" % exc)
         self._cond.notify_all()         # room for senders waiting
@@ -3022,6 +3028,9 @@ class WebSocketService:
         self.options = options or WebSocketOptions()
         self.channel = Channel(path)
         self.label = label
+        # Its handshakes are served by the waiting room's own thread (section
+        # 13): a broadcast client needs no thread at any point.
+        self.in_room = handler is None
 
     def serve(self, environ: dict, response: Response, conn: HTTPConnection):
         if conn.transport.stopping:
@@ -3048,15 +3057,11 @@ class WebSocketService:
         response.headers_sent = True
         response.keep_alive = False             # after the WebSocket, the connection ends
         conn.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
-        server = conn.transport.server
-        selector_driven = (self.handler is None and server is not None
-                           and conn.sock.__class__ is socket.socket)
+        selector_driven = self.handler is None and conn.transport.server is not None
         if selector_driven:
             # The waiting room takes it from here (Next.WEBSOCKET). It keeps
             # of the environ only what a log line names: a thousand clients
-            # hold no thousand copies of the request. A wss:// client stays
-            # on the threaded driver: its TLS layer is not read and written
-            # non-blocking from two threads here.
+            # hold no thousand copies of the request.
             environ = {key: environ[key] for key in ("REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO",
                                                        "SCRIPT_NAME") if key in environ}
         websocket = WebSocket(conn.sock, conn.reader, environ, self.channel, self.options, protocol,
@@ -4489,7 +4494,7 @@ def tls_environ(sock) -> dict:
 #   accept -> (HANDSHAKE ->) WAITING -> (head complete) (-> BODY) -> ACTIVE or QUEUED -> ACTIVE
 #   ACTIVE (-> SENDING) -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
 #          -> Next.LINGER: LINGERING -> CLOSED;  Next.CLOSE: CLOSED
-#          -> Next.WEBSOCKET (101 sent, no handler, not TLS): WEBSOCKET -> CLOSED
+#          -> Next.WEBSOCKET (101 sent, no handler): WEBSOCKET -> CLOSED
 #
 # A WebSocket's timers differ per path and move with every frame, so they
 # wait in a heap instead of a room; it watches for writability only while
@@ -4883,7 +4888,28 @@ class WaitingRoom:
         conn.searched = 0
         conn.receiving = False
         request = self._admit(conn, head_bytes)
-        if request is not None:
+        if request is None:
+            return
+        self._move(conn, ACTIVE)
+        if getattr(request.service, "in_room", False):
+            self._serve_here(conn, request)
+        else:
+            self.pool.submit(self._serve, conn, request)
+
+    def _serve_here(self, conn: HTTPConnection, request: Request):
+        """Serve a request in the room's thread: a broadcast path's handshake,
+        which is a check and a 101 of a few hundred bytes, into a socket that
+        has sent its request and not read since (it takes them at once; else
+        it is closed). A burst of 10,000 handshakes then costs no thread."""
+        try:
+            next_step = conn.run(request)
+        except Exception:
+            log.exception("unexpected error serving %s", conn.client_address[0])
+            next_step = Next.CLOSE
+        if next_step is not Next.WEBSOCKET:
+            self._release(request.service.gate)
+        request = self._after(conn, next_step)
+        if request is not None:             # a pipelined request after a 426
             self._move(conn, ACTIVE)
             self.pool.submit(self._serve, conn, request)
 
@@ -5200,6 +5226,10 @@ class WaitingRoom:
             return
         conn.registered = True
         websocket.room, websocket.conn, websocket.events = self, conn, selectors.EVENT_READ
+        try:                                    # TLS: bytes decrypted with the handshake's
+            websocket._early += read_pending(conn.sock, b"")
+        except OSError:
+            pass
         websocket.channel._add(websocket)
         if self.transport.stopping:
             websocket.close(CloseCode.GOING_AWAY, "server shutting down")     # as close_all does
@@ -5218,8 +5248,11 @@ class WaitingRoom:
                 websocket._flush()
         if mask & selectors.EVENT_READ:
             try:
-                data = conn.sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
+                # Under its lock: a TLS connection's state is not to be read
+                # here and written by a broadcasting thread at the same time.
+                with websocket._cond:
+                    data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+            except (BlockingIOError, InterruptedError) + _SSL_WANT:
                 data = None
             except OSError:
                 data = b""
