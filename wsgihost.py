@@ -206,7 +206,8 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Bytes queued for one client before a broadcast drops it (close 1008); a
 #: handler's own send() waits for room instead, up to client_timeout.
 MAX_SEND_QUEUE = 16 * 1024 * 1024
-#: Seconds to wait for the client's Close after ours (Crossbar: 1 s).
+#: Seconds the closing handshake may take, from the first Close either way
+#: (or a failure, or a drop); then the server cuts TCP (Crossbar: 1 s).
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
 #: Seconds of silence before a ping, and for its pong to come; then the
 #: connection is dropped. Browsers answer pings by themselves.
