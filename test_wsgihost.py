@@ -2662,6 +2662,348 @@ class WebSocketFragmentTests(WebSocketNodeCase):
         self.assertLess(peak, 1 << 20)
 
 
+class WebSocketProtocolTests(unittest.TestCase):
+    """The sans-IO core (WebSocketProtocol): bytes in, events and replies out, no socket.
+    Every input is fed whole, one byte at a time, and with the next frame's first bytes."""
+
+    OPEN, CLOSING, CLOSED = (wsgihost.WebSocketState.OPEN, wsgihost.WebSocketState.CLOSING,
+                             wsgihost.WebSocketState.CLOSED)
+
+    def feed(self, proto, data: bytes, piece: int = None):
+        """All events and replies for ``data``, fed in pieces of ``piece`` bytes (None: whole)."""
+        events, replies = [], b""
+        for start in range(0, len(data), piece or len(data) or 1):
+            got, reply = proto.receive_data(data[start:start + (piece or len(data))])
+            events += got
+            replies += reply
+        return events, replies
+
+    def each_way(self, data: bytes, **kw):
+        """feed() whole, byte by byte and in 3-byte pieces: the same events and replies each
+        way (a Close's reason may say where in the piece the fault was)."""
+        results = [self.feed(wsgihost.WebSocketProtocol(**kw), data, piece) for piece in (None, 1, 3)]
+        for events, reply in results[1:]:
+            self.assertEqual((events, reply[:4]), (results[0][0], results[0][1][:4]))
+        return results[0]
+
+    def test_a_message_in_fragments_with_control_frames_between(self):
+        text = "h\u00e9llo w\u00f6rld".encode()
+        data = (build_frame(Opcode.TEXT, text[:2], False, b"abcd")           # splits the é
+                + build_frame(Opcode.PING, b"p1", mask=b"wxyz")
+                + build_frame(Opcode.CONTINUATION, text[2:7], False, b"efgh")
+                + build_frame(Opcode.PONG, b"", mask=b"ijkl")
+                + build_frame(Opcode.CONTINUATION, text[7:], True, b"mnop")
+                + build_frame(Opcode.BINARY, b"\x00\xff", mask=b"qrst"))
+        events, reply = self.each_way(data)
+        self.assertEqual(events, [(Opcode.PING, b"p1"), (Opcode.PONG, b""),
+                                  (Opcode.TEXT, "h\u00e9llo w\u00f6rld"), (Opcode.BINARY, b"\x00\xff")])
+        self.assertEqual(reply, b"\x8a\x02p1")                  # §5.5.2: a Pong, same payload, unmasked
+
+    def test_an_incomplete_frame_waits_for_its_bytes(self):
+        proto = wsgihost.WebSocketProtocol()
+        frame = build_frame(Opcode.TEXT, b"hello", mask=b"abcd")
+        self.assertEqual(proto.receive_data(frame[:6]), ([], b""))
+        self.assertEqual(proto.receive_data(frame[6:] + frame[:1]), ([(Opcode.TEXT, "hello")], b""))
+        self.assertEqual(proto.receive_data(frame[1:]), ([(Opcode.TEXT, "hello")], b""))
+
+    def test_the_client_closes_first_and_its_code_is_echoed(self):
+        proto = wsgihost.WebSocketProtocol()
+        events, reply = self.each_way(build_frame(Opcode.CLOSE, b"\x0f\xa0bye", mask=b"abcd"))
+        self.assertEqual(events, [(Opcode.CLOSE, (4000, "bye"))])
+        self.assertEqual(reply, b"\x88\x02\x0f\xa0")            # §5.5.1: the code echoed
+        events, reply = proto.receive_data(build_frame(Opcode.CLOSE, b"", mask=b"abcd"))
+        self.assertEqual((events, reply, proto.state, proto.close_code), (
+            [(Opcode.CLOSE, (None, ""))], b"\x88\x00", self.CLOSED, 1005))
+        self.assertEqual(proto.receive_data(build_frame(Opcode.PING, b"late", mask=b"abcd")), ([], b""))
+        self.assertIsNone(proto.build_message("after the close"))
+        self.assertIsNone(proto.build_close(1000))              # both Closes exchanged: none again
+
+    def test_the_server_closes_first_then_discards_data_but_answers_pings(self):
+        proto = wsgihost.WebSocketProtocol()
+        proto.receive_data(build_frame(Opcode.TEXT, b"half", False, b"abcd"))
+        self.assertEqual(proto.build_close(1001, "going"), b"\x88\x07\x03\xe9going")
+        self.assertEqual((proto.state, proto.close_code), (self.CLOSING, 1001))
+        self.assertIsNone(proto.build_message("no data after our Close"))          # §5.5.1
+        self.assertIsNone(proto.build_close(1000))
+        events, reply = proto.receive_data(build_frame(Opcode.CONTINUATION, b" a message", True, b"abcd")
+                                           + build_frame(Opcode.BINARY, b"x" * 300, mask=b"abcd")
+                                           + build_frame(Opcode.PING, b"still there?", mask=b"abcd"))
+        # §5.5.2: a Pong "unless it already received a Close frame" -- ours does not count.
+        self.assertEqual((events, reply), ([(Opcode.PING, b"still there?")], b"\x8a\x0cstill there?"))
+        events, reply = proto.receive_data(build_frame(Opcode.CLOSE, b"\x03\xe9", mask=b"abcd"))
+        self.assertEqual((events, reply, proto.state), ([(Opcode.CLOSE, (1001, ""))], b"", self.CLOSED))
+        self.assertEqual(proto.close_code, 1001)                # ours: we began
+
+    def test_protocol_errors_reply_with_their_close_code_and_stop_parsing(self):
+        mask = b"abcd"
+        for data, code in [
+                (build_frame(Opcode.TEXT, b"x"), 1002),                                     # unmasked
+                (build_frame(Opcode.TEXT, b"ok \xff", mask=mask), 1007),                    # not UTF-8
+                (build_frame(Opcode.TEXT, b"\xc0", False, mask), 1007),                     # fails fast, mid-message
+                (build_frame(Opcode.CONTINUATION, b"x", mask=mask), 1002),                  # nothing to continue
+                (build_frame(Opcode.TEXT, b"x", False, mask) + build_frame(Opcode.BINARY, b"y", mask=mask), 1002),
+                (build_frame(Opcode.CLOSE, b"\x03\xed", mask=mask), 1002),                  # close code 1005
+                (build_frame(Opcode.CLOSE, b"\x03", mask=mask), 1002),                      # 1-byte close payload
+                (build_frame(Opcode.PING, b"x" * 126, mask=mask), 1002),                    # control over 125
+                (build_frame(Opcode.PING, b"", False, mask), 1002),                         # fragmented control
+                (bytes([0x85, 0x80]) + mask, 1002),                                         # reserved opcode
+                (build_frame(Opcode.TEXT, b"x", mask=mask, rsv1=True), 1002),               # RSV1, not agreed
+                (build_frame(Opcode.BINARY, b"x" * 1001, mask=mask), 1009)]:                # frame over the limit
+            with self.subTest(data=data[:12], code=code):
+                events, reply = self.each_way(data + build_frame(Opcode.TEXT, b"never parsed", mask=mask),
+                                              max_message_size=1000)
+                self.assertEqual(events, [])
+                self.assertEqual(reply[:4], b"\x88" + bytes([len(reply) - 2]) + code.to_bytes(2, "big"))
+                proto = wsgihost.WebSocketProtocol(max_message_size=1000)
+                proto.receive_data(data)
+                self.assertEqual((proto.state, proto.close_code, proto.error.code), (self.CLOSED, code, code))
+                self.assertEqual(proto.receive_data(build_frame(Opcode.PING, b"", mask=mask)), ([], b""))
+
+    def test_a_message_over_max_message_size_across_fragments_is_1009(self):
+        data = (build_frame(Opcode.BINARY, b"x" * 600, False, b"abcd")
+                + build_frame(Opcode.CONTINUATION, b"x" * 401, True, b"abcd"))       # 1001 bytes in all
+        events, reply = self.each_way(data, max_message_size=1000)
+        self.assertEqual((events, reply[2:4]), ([], b"\x03\xf1"))
+        events, _ = self.each_way(data[:-1], max_message_size=1001)     # its last byte missing: not yet
+        self.assertEqual(events, [])
+        events, _ = self.each_way(data, max_message_size=1001)
+        self.assertEqual(events, [(Opcode.BINARY, b"x" * 1001)])
+
+    def test_fragments_per_message_bounded_empty_ones_included(self):
+        with mock.patch.object(wsgihost, "MAX_MESSAGE_FRAGMENTS", 10):
+            nine = build_frame(Opcode.TEXT, b"", False, b"abcd") + build_frame(
+                Opcode.CONTINUATION, b"", False, b"abcd") * 8
+            events, reply = self.feed(wsgihost.WebSocketProtocol(),
+                                      nine + build_frame(Opcode.CONTINUATION, b"", True, b"abcd"))
+            self.assertEqual((events, reply), ([(Opcode.TEXT, "")], b""))
+            events, reply = self.feed(wsgihost.WebSocketProtocol(), nine + build_frame(
+                Opcode.CONTINUATION, b"", False, b"abcd") * 2)
+            self.assertEqual((events, reply[2:4]), ([], b"\x03\xf1"))
+
+    def test_the_1009_bomb_a_small_compressed_frame_inflating_past_the_limit(self):
+        params = wsgihost.DeflateParams(False, False, 12, 15, 5)
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+        bomb = (deflater.compress(b"\x00" * (64 * 1024 * 1024)) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        self.assertLess(len(bomb), 100 * 1024)                  # 64 MiB in under 100 KiB
+        proto = wsgihost.WebSocketProtocol(max_message_size=1024 * 1024, deflate=params)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        events, reply = proto.receive_data(build_frame(Opcode.BINARY, bomb, mask=b"abcd", rsv1=True))
+        peak = tracemalloc.get_traced_memory()[1]
+        self.assertEqual((events, reply[2:4], proto.state), ([], b"\x03\xf1", self.CLOSED))
+        self.assertLess(peak, 8 * 1024 * 1024)                  # the limit and a few steps, not 64 MiB
+
+    def test_compressed_messages_both_ways_with_context_takeover(self):
+        params = wsgihost.DeflateParams(False, False, 12, 15, 5)
+        proto = wsgihost.WebSocketProtocol(deflate=params)
+        deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+        frames = b""
+        for text in ("h\u00e9llo", "h\u00e9llo again"):
+            payload = (deflater.compress(text.encode()) + deflater.flush(zlib.Z_SYNC_FLUSH))[:-4]
+            frames += build_frame(Opcode.TEXT, payload[:3], False, b"abcd", rsv1=True)
+            frames += build_frame(Opcode.CONTINUATION, payload[3:], True, b"abcd")
+        self.assertEqual(self.feed(proto, frames, 1)[0], [(Opcode.TEXT, "h\u00e9llo"),
+                                                          (Opcode.TEXT, "h\u00e9llo again")])
+        inflater = zlib.decompressobj(-12)
+        sent = [proto.build_message("news " * 20) for _ in range(2)]
+        payloads = [parse_frame(frame, require_mask=False, compression=True) for frame in sent]
+        self.assertTrue(all(header.rsv1 for header, _, _ in payloads))
+        self.assertEqual([inflater.decompress(p + b"\x00\x00\xff\xff") for _, p, _ in payloads],
+                         [b"news " * 20] * 2)
+        self.assertLess(len(payloads[1][1]), len(payloads[0][1]))     # the second refers to the first
+
+    def test_connection_lost_is_1006(self):
+        proto = wsgihost.WebSocketProtocol()
+        proto.connection_lost()
+        self.assertEqual((proto.state, proto.close_code), (self.CLOSED, 1006))
+        self.assertIsNone(proto.build_ping(b"x"))
+
+class BroadcastWebSocketsInTheSelectorTests(unittest.TestCase):
+    """Issue 8: a broadcast path's clients wait in the waiting room's selector, holding no
+    thread; issue 9: a slow one is dropped with 1008, the others keep receiving."""
+
+    def setUp(self):
+        self.node = wsgihost.Node(WS_CONFIG).start()
+        self.addCleanup(self.node.stop, 2)
+        self.transport = self.node.transports[0]
+        self.port = self.transport.port
+        self.channels = self.transport.channels
+
+    def client(self, path="/ws", **kw):
+        client = WSClient(self.port, path, **kw)
+        self.addCleanup(client.close)
+        self.assertEqual(client.status, 101)
+        return client
+
+    def wait_for(self, condition, message="timed out", timeout=30):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, message)
+            time.sleep(0.01)
+
+    def states(self):
+        """The waiting room's states of the connections open."""
+        return sorted(conn.state for conn in list(self.transport.connections))
+
+    def test_500_idle_broadcast_websockets_add_no_threads_and_all_receive_a_broadcast(self):
+        baseline = threading.active_count()
+        clients = []
+        for _ in range(500):
+            clients.append(self.client("/quiet", timeout=60))
+        self.wait_for(lambda: len(self.channels["/quiet"]) == 500)
+        # The handshakes ran in pool threads; 500 clients on the old driver held 1,000.
+        self.assertLessEqual(threading.active_count(), baseline + 10)
+        self.assertEqual(set(self.states()), {"websocket"})
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/?to%20all")                       # broadcasting_app, on /ws ...
+        self.assertEqual(conn.getresponse().read(), b"0")
+        self.assertEqual(self.channels["/quiet"].broadcast("hello, 500"), 500)    # ... and here
+        for client in clients:
+            self.assertEqual(client.recv_text(), "hello, 500")
+        self.assertLessEqual(threading.active_count(), baseline + 10)
+
+    def test_a_slow_client_is_dropped_with_1008_while_the_others_keep_receiving(self):
+        # /small's options, but 30 s for the slow reader to reach its Close, however busy
+        # the machine: at the deadline TCP is cut, and a Close still queued is lost.
+        config = json.loads(json.dumps(WS_CONFIG))
+        config["workers"][0]["transports"][0]["paths"]["small"]["options"]["close_handshake_timeout"] = 30000
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 2)
+        self.port = node.transports[0].port
+        channel = node.transports[0].channels["/small"]         # max_send_queue 64 KiB
+        slow = WSClient(self.port, "/small")
+        slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.addCleanup(slow.close)
+        fast = [self.client("/small") for _ in range(3)]
+        self.wait_for(lambda: len(channel) == 4)
+        received = [[] for _ in fast]
+
+        def read(i):
+            while len(received[i]) < 400:
+                received[i].append(fast[i].recv_text())
+        dropped = threading.Event()
+        close_codes = []
+
+        def read_slow():
+            # Once dropped, it reads (within close_handshake_timeout) what the socket
+            # holds for it: its Close comes after that (README: slow clients).
+            dropped.wait(60)
+            while not close_codes:
+                opcode, payload = slow.recv_frame()
+                if opcode == Opcode.CLOSE:
+                    close_codes.append(int.from_bytes(payload[:2], "big"))
+        readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(3)]
+        readers.append(threading.Thread(target=read_slow, daemon=True))
+        for reader in readers:
+            reader.start()
+        with self.assertLogs("wsgihost", "INFO") as logs:
+            for n in range(400):                                # 400 KB: over 64 KiB for the slow one
+                channel.broadcast("%04d" % n + "x" * 996)
+                if len(channel) == 3:
+                    dropped.set()
+                if n % 10 == 0:
+                    time.sleep(0.1)                             # (the fast ones keep up)
+            self.wait_for(lambda: len(channel) == 3, "the slow client was not dropped")
+            dropped.set()
+        self.assertTrue(any("dropping" in line and "too slow" in line for line in logs.output), logs.output)
+        for reader in readers:
+            reader.join(60)
+        expected = ["%04d" % n + "x" * 996 for n in range(400)]
+        for messages in received:
+            self.assertEqual(messages, expected)                # all, in order
+        self.assertEqual(close_codes, [1008])
+
+    def test_a_client_that_vanishes_is_removed(self):
+        c = self.client()
+        self.wait_for(lambda: len(self.channels["/ws"]) == 1)
+        room = self.transport.server.room
+        self.assertEqual(room.websockets, 1)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.sock.close()                                          # a reset, no Close
+        self.wait_for(lambda: len(self.channels["/ws"]) == 0 and not self.transport.connections,
+                      "the WebSocket was not released")
+        self.assertEqual(room.websockets, 0)
+        self.assertEqual(self.channels["/ws"].broadcast("anyone?"), 0)
+
+    def test_auto_ping_in_the_selector(self):
+        c = self.client("/ping")                                # every 200 ms, pong within 5 s
+        self.wait_for(lambda: self.states() == ["websocket"])
+        for _ in range(3):
+            opcode, payload = c.read_frame()
+            self.assertEqual((opcode, len(payload)), (Opcode.PING, 4))
+            c.send(Opcode.PONG, payload)
+        c.send_text("still here")
+        self.assertEqual(c.recv_text(), "still here")
+
+    def test_a_handler_path_keeps_its_thread_and_its_api(self):
+        before = threading.active_count()
+        c = self.client("/upper")
+        self.assertEqual(c.recv_text(), "hello 127.0.0.1, 1 here")
+        self.assertGreaterEqual(threading.active_count(), before + 1)    # the handler's (and its writer)
+        self.assertEqual(self.states(), ["active"])          # its thread serves it
+        c.send_text("abc")
+        self.assertEqual(c.recv_text(), "ABC")
+        b = self.client()                                       # the broadcast path, meanwhile
+        b.send_text("echo")
+        self.assertEqual(b.recv_text(), "echo")
+        c.send_text("bye")
+        self.assertEqual(c.expect_close(), 4000)
+
+    def test_pings_after_the_servers_close_get_pongs_rfc6455_5_5_2(self):
+        """Review finding: after the server's own Close, the client's Pings got no Pong.
+        §5.5.2: a Pong "unless it already received a Close frame"; §5.5.1 bars only data."""
+        for path in ("/patient", "/upper"):                     # the selector's driver, the threaded one
+            with self.subTest(path=path):
+                c = self.client(path)
+                if path == "/upper":
+                    c.recv_text()
+                    c.send_text("bye")                          # the handler closes with 4000
+                else:
+                    self.wait_for(lambda: len(self.channels[path]) == 1)
+                    self.channels[path].close_all(4000)
+                opcode, payload = c.recv_frame()
+                self.assertEqual((opcode, payload[:2]), (Opcode.CLOSE, b"\x0f\xa0"))
+                c.send(Opcode.PING, b"after your close")
+                self.assertEqual(c.read_frame(), (Opcode.PONG, b"after your close"))
+                c.send(Opcode.CLOSE, b"\x0f\xa0")
+                c.sock.settimeout(10)
+                self.assertEqual(c.sock.recv(4096), b"")        # both Closes: the server ends TCP
+
+    def test_a_broadcast_from_many_threads_reaches_everyone_in_one_order(self):
+        clients = [self.client("/quiet") for _ in range(20)]
+        channel = self.channels["/quiet"]
+        self.wait_for(lambda: len(channel) == 20)
+
+        def send(t):
+            for n in range(50):
+                channel.broadcast("%d:%d" % (t, n))
+        threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        first = [clients[0].recv_text() for _ in range(200)]
+        for t in range(4):
+            self.assertEqual([m for m in first if m.startswith("%d:" % t)], ["%d:%d" % (t, n) for n in range(50)])
+        for client in clients[1:]:
+            self.assertEqual([client.recv_text() for _ in range(200)], first)
+
+    def test_stop_sends_1001_and_cuts_a_silent_client_after_the_close_handshake_timeout(self):
+        answering, silent = self.client(), self.client()
+        self.wait_for(lambda: len(self.channels["/ws"]) == 2)
+        start = time.monotonic()
+        stopper = threading.Thread(target=self.node.stop, args=(30,))
+        stopper.start()
+        self.addCleanup(stopper.join, 60)
+        self.assertEqual(answering.expect_close(), 1001)
+        self.assertEqual(silent.recv_frame(), (Opcode.CLOSE, b"\x03\xe9server shutting down"))
+        silent.sock.settimeout(30)
+        with self.assertRaises((EOFError, ConnectionResetError)):
+            silent.recv_frame()                                 # never answered: cut at 1 s
+        stopper.join(60)
+        self.assertLess(time.monotonic() - start, 20)           # not the 30 s grace
+
 # -----------------------------------------------------------------------------
 # 8a. Static files, redirects and JSON values
 # -----------------------------------------------------------------------------
@@ -3520,6 +3862,31 @@ class TLSTests(unittest.TestCase):
                 self.assertIn(".crossbar/config.json: workers[0].transports[0]." + message,
                               str(caught.exception))
                 self.assertNotIn("\n", str(caught.exception))
+
+    def test_wss_broadcast_clients_wait_in_the_selector(self):
+        """wss:// on a broadcast path: no thread per client; a message larger than the
+        socket takes at once (TLS sends that must be retried), a broadcast, the close."""
+        node, port = self.start()
+        transport = node.transports[0]
+        clients = [WSClient(port, context=self.client_context) for _ in range(5)]
+        for client in clients:
+            self.addCleanup(client.close)
+            self.assertEqual(client.status, 101)
+        channel = transport.channels["/ws"]
+        deadline = time.monotonic() + 30
+        while len(channel) < 5:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        self.assertEqual(sorted(conn.state for conn in transport.connections), ["websocket"] * 5)
+        big = os.urandom(2 * 1024 * 1024)
+        clients[0].send(Opcode.BINARY, big)
+        for client in clients:                                  # broadcast: everyone, the sender too
+            self.assertEqual(client.recv_frame(), (Opcode.BINARY, big))
+        self.assertEqual(channel.broadcast("over wss"), 5)
+        for client in clients:
+            self.assertEqual(client.recv_text(), "over wss")
+        clients[1].send(Opcode.CLOSE, b"\x03\xe8")
+        self.assertEqual(clients[1].expect_close(), 1000)
 
 
 class WaitingRoomTests(unittest.TestCase):

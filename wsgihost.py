@@ -29,7 +29,8 @@ What it implements:
   (conditional and range requests, RFC 9110 §13-14), ``redirect`` and
   ``json`` services, and nested ``path`` trees.
 - TLS endpoints (https, wss), with client certificates.
-- Connections that wait cost a socket in one selector, not a thread.
+- Connections that wait cost a socket in one selector, not a thread; so do
+  the clients of a broadcast WebSocket path, however long they stay.
 - Worker processes (``--workers N``, or router workers sharing a port) under
   one supervisor: restarted when they die, drained on SIGTERM, replaced one
   by one on SIGHUP; ``--reload`` for development.
@@ -80,6 +81,7 @@ import enum
 import errno
 import fnmatch
 import hashlib
+import heapq
 import html
 import http
 import importlib
@@ -206,12 +208,19 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: Bytes queued for one client before a broadcast drops it (close 1008); a
 #: handler's own send() waits for room instead, up to client_timeout.
 MAX_SEND_QUEUE = 16 * 1024 * 1024
-#: Seconds to wait for the client's Close after ours (Crossbar: 1 s).
+#: Seconds the closing handshake may take, from the first Close either way
+#: (or a failure, or a drop); then the server cuts TCP (Crossbar: 1 s).
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
 #: Seconds of silence before a ping, and for its pong to come; then the
 #: connection is dropped. Browsers answer pings by themselves.
 AUTO_PING_INTERVAL = 30.0
 AUTO_PING_TIMEOUT = 30.0
+#: The kernel's send buffer of a WebSocket in the waiting room (SO_SNDBUF;
+#: Linux doubles it). What a client has not read waits in its send queue,
+#: bounded by max_send_queue, instead of the kernel's autotuned buffer (up to
+#: 4 MiB per socket here): a dropped client's Close waits behind at most
+#: this much, and 10,000 idle clients cannot pin gigabytes in the kernel.
+WEBSOCKET_SEND_BUFFER = 16 * 1024
 #: Frames in one message, empty ones included. Each frame costs work whatever
 #: its size, so a message in 2-byte pieces, or an endless run of empty ones,
 #: is bounded by count and not only by max_message_size. Answer: close 1009
@@ -1606,6 +1615,7 @@ class Next(enum.Enum):
     KEEP = "keep"           # persistent: wait for the next request
     CLOSE = "close"         # close now (the client is gone, or will not send more)
     LINGER = "linger"       # the client may still be sending: close slowly (lingering_close)
+    WEBSOCKET = "websocket"     # upgraded, to a WebSocket the waiting room drives (section 13)
 
 
 class Request:
@@ -1644,6 +1654,7 @@ class HTTPConnection:
         self.output = None          # what is left to send of a response given whole
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
+        self.websocket = None       # the WebSocket it became, driven by the waiting room
 
     def serve(self) -> Next:
         """Serve requests in the calling thread, blocking, until the connection is done."""
@@ -1743,6 +1754,8 @@ class HTTPConnection:
             self.response = None
             if self.transport.access_log:
                 self.log_access(request.environ, response)
+        if self.websocket is not None:
+            return Next.WEBSOCKET
         if not response.keep_alive or body.error is not None or (
                 not body.finished and not body.drain(MAX_DRAIN_SIZE)):
             return Next.CLOSE if body.finished else Next.LINGER
@@ -1774,24 +1787,38 @@ def _log_escape(text: str) -> str:
 # 8. WebSocket (RFC 6455, RFC 7692): handshake, frames, compression, channels
 # =============================================================================
 # A "websocket" path answers a valid opening handshake (§4.2) with 101, and
-# the HTTP connection becomes a WebSocket for the rest of its life. The
-# connection's thread reads frames (§5) and runs the path's handler -- by
-# default a loop that broadcasts each message to the path's Channel. A second
-# thread per connection writes the frames queued for it, so that a broadcast
-# never waits on a slow client: a client whose queue a broadcast would take
-# over max_send_queue is dropped with 1008 (policy violation).
+# the HTTP connection becomes a WebSocket for the rest of its life.
 #
-# The frame functions are pure, like the HTTP parser: bytes in, values out,
-# or a WebSocketError carrying the close code to send (§7.4.1).
+# The protocol is one object without I/O, WebSocketProtocol (in the manner of
+# wsproto and h11): received bytes in, in pieces of any size, events and the
+# frames it must answer with out; messages in, frames out. Its closing is one
+# state -- OPEN, CLOSING (our Close sent, the client's awaited), CLOSED (both
+# exchanged, or failed, or lost) -- and WebSocket keeps the one rule for TCP
+# (§7.1.1: the server closes it first, once both Closes are exchanged and
+# ours is out, or at the one closing deadline, close_handshake_timeout after
+# the protocol left OPEN). The frame functions under it are pure too: bytes
+# in, values out, or a WebSocketError carrying the close code (§7.4.1).
+#
+# Two drivers move the bytes. A broadcast path's client (no handler) lives in
+# the waiting room's selector (section 13) and costs no thread: its bytes
+# are read and fed there, its messages broadcast, and what it is sent goes
+# out by non-blocking sends, the rest waiting in its queue until the socket
+# is writable (ws:// and wss:// alike). A handler's client has the
+# connection's thread, which reads frames and runs the handler with its
+# blocking API, and a writer thread that sends what is queued. Either way a
+# broadcast never waits on a slow client: one whose queue a broadcast would
+# take over max_send_queue is dropped with 1008 (policy violation), its
+# Close sent ahead of its queue, where the socket takes it.
 #
 # Compression (RFC 7692, permessage-deflate) is negotiated in the handshake by
 # a pure function: the client's offers in, the agreed parameters and our
 # answer out. Then each data message is one raw DEFLATE stream piece, flagged
-# by RSV1 on its first frame. Ours are compressed by the writer thread, in
-# the order they go out, because with "context takeover" each message may
-# refer back to the ones before it; the client's are inflated as their bytes
-# arrive, in steps, so max_message_size bounds the *inflated* size and a
-# decompression bomb costs no more than an honest message. A message is
+# by RSV1 on its first frame. Ours are compressed as they are queued, under
+# the client's lock, in the order they go out, because with "context
+# takeover" each message may refer back to the ones before it; the client's
+# are inflated as their bytes arrive, in steps, so max_message_size bounds
+# the *inflated* size and a decompression bomb costs no more than an honest
+# message. A message is
 # assembled in one bytearray whatever its framing: fragments cost no memory
 # of their own, and MAX_MESSAGE_FRAGMENTS bounds their number.
 
@@ -2272,6 +2299,229 @@ class PerMessageDeflate:
                     return
 
 
+class WebSocketState(enum.Enum):
+    """The life of a WebSocket as its protocol sees it (RFC 6455 §7): one state,
+    where a handful of booleans would leave gaps between them."""
+    OPEN = "open"           # messages both ways
+    CLOSING = "closing"     # our Close is sent; the client's is awaited (§7.1.2)
+    CLOSED = "closed"       # both Closes exchanged -- or the connection failed (§7.1.7)
+                            # or dropped: nothing more is read, ours is the last frame
+
+
+class WebSocketProtocol:
+    """RFC 6455 (with RFC 7692) for the server side of one connection, without I/O.
+
+    ``receive_data(data)`` takes bytes as they come off the socket, in pieces
+    of any size, and returns ``(events, reply)``: the events completed, as
+    ``(opcode, value)`` pairs -- ``(Opcode.TEXT, str)``, ``(Opcode.BINARY,
+    bytes)``, ``(Opcode.PING, payload)``, ``(Opcode.PONG, payload)``,
+    ``(Opcode.CLOSE, (code, reason))`` -- and the frames the protocol itself
+    must send in answer (a Pong for a Ping, §5.5.2; the Close echoed, §5.5.1;
+    a Close with the code of a violation, §7.1.7), b"" if none.
+    ``build_message``, ``build_ping`` and ``build_close`` give the bytes of
+    frames to send (None where the state forbids them). Whoever holds the
+    socket moves the bytes; the caller serializes the calls (a lock), so
+    that compression with context takeover sees messages in sending order.
+
+    Messages are assembled in one bytearray whatever their framing, inflated
+    as their bytes arrive and validated as UTF-8 as they come (§8.1: fail
+    fast), within max_frame_size, max_message_size (inflated) and
+    MAX_MESSAGE_FRAGMENTS. A violation fails the connection: the Close with
+    its code is the reply, and nothing the client sends after it is parsed.
+    After our own Close (CLOSING) frames are still parsed, for the client's
+    Close and its Pings, but data is dropped unassembled (§1.4: a closing
+    endpoint discards what arrives). ``state`` says where the closing
+    handshake is; ``close_code`` and ``close_reason`` how it ended (1005: the
+    client's Close had no code; 1006: the TCP connection was lost).
+    """
+
+    def __init__(self, max_frame_size: int = MAX_MESSAGE_SIZE, max_message_size: int = MAX_MESSAGE_SIZE,
+                 deflate: DeflateParams = None):
+        self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
+        self.codec = PerMessageDeflate(deflate) if deflate else None
+        self.state = WebSocketState.OPEN
+        self.close_code = None          # once not OPEN: the code received, or sent, or 1006
+        self.close_reason = ""
+        self.error = None               # the WebSocketError that failed the connection
+        self._pending = b""             # the start of a frame header, until it is whole
+        self._frame = None              # the header of the frame being received
+        self._received = 0              # of its payload
+        self._control = b""             # a control frame's payload (at most 125 bytes)
+        self._opcode = None             # of the data message being received; None between
+        self._message = None            # its payload so far, or None: being discarded
+        self._fragments = 0
+        self._compressed = False        # RFC 7692 §6: RSV1 on its first frame
+        self._decoder = None            # incremental UTF-8 for a text message
+
+    # -- receiving -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes):
+        """Bytes received -> (events completed, reply bytes to send)."""
+        events, reply = [], []
+        if self.error is not None or self.state is WebSocketState.CLOSED:
+            return events, b""          # §7.1.7: nothing is parsed after a failure
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        pos, end = 0, len(data)
+        try:
+            while pos < end and self.state is not WebSocketState.CLOSED:
+                frame = self._frame
+                if frame is None:
+                    if end - pos < 2 or end - pos < frame_header_size(data[pos:pos + 2]):
+                        self._pending = data[pos:]
+                        break
+                    size = frame_header_size(data[pos:pos + 2])
+                    frame = parse_frame_header(data[pos:pos + size], self.max_frame_size,
+                                               compression=self.codec is not None)
+                    pos += size
+                    self._begin_frame(frame)
+                else:
+                    take = min(end - pos, frame.payload_len - self._received)
+                    piece = data[pos:pos + take] if take < end or pos else data
+                    pos += take
+                    if frame.mask:
+                        turn = self._received % 4   # the mask goes on where the last piece stopped
+                        mask = frame.mask
+                        piece = apply_mask(piece, mask[turn:] + mask[:turn] if turn else mask)
+                    self._received += take
+                    if frame.opcode >= Opcode.CLOSE:
+                        self._control += piece
+                    elif self._message is not None:
+                        self._add_data(piece)
+                if self._received == frame.payload_len:
+                    self._frame = None
+                    self._end_frame(frame, events, reply)
+        except WebSocketError as exc:
+            reply.append(self._fail(exc))
+        return events, b"".join(reply)
+
+    def _begin_frame(self, frame: FrameHeader):
+        self._frame, self._received = frame, 0
+        op = frame.opcode
+        if op >= Opcode.CLOSE:          # control frames, between fragments too (§5.4)
+            self._control = b""
+            return
+        if op == Opcode.CONTINUATION:
+            if self._opcode is None:
+                raise WebSocketError(CloseCode.PROTOCOL_ERROR,
+                                     "continuation frame with no message to continue (§5.4)")
+        elif self._opcode is not None:
+            raise WebSocketError(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one (§5.4)")
+        else:
+            self._opcode, self._fragments, self._compressed = op, 0, frame.rsv1
+            if self.state is WebSocketState.OPEN:
+                self._message = bytearray()
+                self._decoder = codecs.getincrementaldecoder("utf-8")() if op == Opcode.TEXT else None
+        self._fragments += 1
+        if self._fragments > MAX_MESSAGE_FRAGMENTS:
+            raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message in more than %d fragments"
+                                 % MAX_MESSAGE_FRAGMENTS)
+        limit = self.max_message_size
+        if (self._message is not None and not self._compressed
+                and len(self._message) + frame.payload_len > limit):
+            raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message over the limit of %d bytes" % limit)
+
+    def _add_data(self, data: bytes, end: bool = False):
+        """A piece of a data message: inflated if compressed, validated if
+        text, so that a violation fails the connection as soon as it arrives,
+        even mid-frame (§8.1)."""
+        message, decoder = self._message, self._decoder
+        if self._compressed:
+            pieces = self.codec.decompress(data, self.max_message_size - len(message), end)
+        else:
+            pieces = (data,)
+        for piece in pieces:
+            if decoder is not None:
+                try:
+                    decoder.decode(piece)
+                except UnicodeDecodeError as exc:
+                    raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
+            message += piece
+
+    def _end_frame(self, frame: FrameHeader, events: list, reply: list):
+        op = frame.opcode
+        if op == Opcode.PING:
+            # §5.5.2: a Pong with the same payload, "unless it already
+            # received a Close frame" -- after our own Close too: §5.5.1 bars
+            # only *data* frames after a Close, and the client may be waiting
+            # for this Pong to decide we are alive.
+            reply.append(build_frame(Opcode.PONG, self._control))
+            events.append((Opcode.PING, self._control))
+        elif op == Opcode.PONG:
+            events.append((Opcode.PONG, self._control))       # §5.5.3: solicited or not
+        elif op == Opcode.CLOSE:
+            code, reason = parse_close_payload(self._control)
+            if self.state is WebSocketState.OPEN:
+                self.close_code, self.close_reason = code or CloseCode.NO_STATUS, reason
+                # Echo the code received (§5.5.1), or an empty Close if it had none.
+                reply.append(build_frame(Opcode.CLOSE, build_close_payload(code)))
+            self.state = WebSocketState.CLOSED
+            self._opcode = self._message = self._decoder = None
+            events.append((Opcode.CLOSE, (code, reason)))
+        elif frame.fin:
+            message, decoder = self._message, self._decoder
+            if message is not None:
+                if self._compressed:            # §7.2.2: the tail the sender stripped
+                    self._add_data(b"", end=True)
+                if decoder is not None:
+                    try:
+                        decoder.decode(b"", True)
+                    except UnicodeDecodeError as exc:
+                        raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
+                    # (validated as it came: this decoding cannot fail)
+                    events.append((Opcode.TEXT, message.decode("utf-8")))
+                else:
+                    events.append((Opcode.BINARY, bytes(message)))
+            self._opcode = self._message = self._decoder = None
+
+    def _fail(self, exc: WebSocketError) -> bytes:
+        """A violation (§7.1.7): our Close with its code, unless ours is sent already."""
+        self.error = exc
+        self._opcode = self._message = self._decoder = None
+        frame = b""
+        if self.state is WebSocketState.OPEN:
+            self.close_code, self.close_reason = exc.code, exc.reason
+            frame = build_frame(Opcode.CLOSE, build_close_payload(exc.code, exc.reason))
+        self.state = WebSocketState.CLOSED
+        return frame
+
+    def connection_lost(self):
+        """The TCP connection ended or was cut: CLOSED, with 1006 if no Close said how."""
+        self.state = WebSocketState.CLOSED
+        self._opcode = self._message = self._decoder = None
+        if self.close_code is None:
+            self.close_code = CloseCode.ABNORMAL
+
+    # -- sending -------------------------------------------------------------------
+
+    def build_message(self, message):
+        """A data frame for ``message`` (str: text, bytes: binary), compressed
+        if agreed; None once our Close is sent (§5.5.1: no data after it)."""
+        opcode, payload = message_payload(message)
+        return self.build_data_frame(opcode, payload)
+
+    def build_data_frame(self, opcode: int, payload: bytes):
+        if self.state is not WebSocketState.OPEN:
+            return None
+        if self.codec is not None:
+            return build_frame(opcode, self.codec.compress(payload), rsv1=True)
+        return build_frame(opcode, payload)
+
+    def build_ping(self, payload: bytes = b""):
+        """A Ping (§5.5.2), while OPEN; None after."""
+        return build_frame(Opcode.PING, payload) if self.state is WebSocketState.OPEN else None
+
+    def build_close(self, code: int = CloseCode.NORMAL, reason: str = ""):
+        """Start the closing handshake (§7.1.2): our Close, and CLOSING; None if it has begun."""
+        if self.state is not WebSocketState.OPEN:
+            return None
+        self.state = WebSocketState.CLOSING
+        self.close_code, self.close_reason = code, reason
+        self._message = self._decoder = None        # a message being received is discarded
+        return build_frame(Opcode.CLOSE, build_close_payload(code, reason))
+
+
 class WebSocketOptions:
     """The "options" of a websocket path, with Crossbar's names and units (milliseconds)."""
 
@@ -2293,6 +2543,11 @@ class WebSocketOptions:
         self.compression = compression      # None: permessage-deflate is declined
 
 
+# What the server does with the TCP connection under a WebSocket; the
+# protocol's own state is WebSocketState.
+TCP_OPEN, TCP_SHUT, TCP_CUT = "open", "shut", "cut"
+
+
 class WebSocket:
     """One WebSocket connection, as a handler sees it (README: WebSocket, "Handlers").
 
@@ -2304,62 +2559,285 @@ class WebSocket:
     ``protocol`` the subprotocol chosen, ``deflate`` the permessage-deflate
     parameters agreed (DeflateParams, or None: uncompressed), ``close_code``
     how it ended.
+
+    Around its WebSocketProtocol (``proto``) it keeps the bytes to send, in
+    order, under one lock, and the one rule for the TCP connection
+    (``_closing_rule``). Two drivers move the bytes: ``run()``, a thread per
+    connection (a handler's) reading with blocking
+    receives and a writer thread sending; or the waiting room's selector
+    (section 13), for a broadcast path's clients (ws:// and wss://), which costs no thread:
+    there ``room`` is set, every send is non-blocking, and what the socket
+    does not take at once waits in the queue until it turns writable.
     """
 
     def __init__(self, sock, reader: SocketReader, environ: dict, channel: Channel,
                  options: WebSocketOptions, protocol: str = None, send_timeout: float = CLIENT_TIMEOUT,
                  deflate: DeflateParams = None):
         self.sock = sock
-        self.reader = reader
         self.environ = environ
         self.channel = channel
         self.options = options
         self.protocol = protocol
         self.send_timeout = send_timeout
         self.deflate = deflate
-        self._codec = PerMessageDeflate(deflate) if deflate else None
-        # Bytes received and not yet parsed, read from ``_pos`` on: frames are
-        # sliced out of one recv() at a time, never copied as a whole again.
-        self._buffer = reader.buffer if reader is not None else b""
-        self._pos = 0
+        self.proto = WebSocketProtocol(options.max_frame_size, options.max_message_size, deflate)
+        self._early = b""               # bytes that came with the handshake
         if reader is not None:
-            reader.buffer = b""         # ours now
-        self.close_code = None          # set once closed: the code received, or sent, or 1006
-        self.close_reason = ""
-        self._close_sent = False
-        self._close_received = False
-        self._failed = False            # a protocol error: the client's bytes are not parsed any more
-        self._dead = False              # the TCP connection is unusable
-        self._drop_after_close = False
-        self._close_written = threading.Event()     # our Close is on the wire
-        self._queue = collections.deque()
-        self._queued_bytes = 0
-        self._cond = threading.Condition(threading.Lock())
-        self._writer = threading.Thread(target=self._write_loop, name="wsgihost-ws-writer", daemon=True)
+            self._early, reader.buffer = reader.buffer, b""
+        self._cond = threading.Condition(threading.Lock())     # guards proto, _out, tcp
+        self._out = collections.deque()     # frames to send, in order
+        self._out_bytes = 0
+        self._partial = False           # _out[0] is partly sent (the selector's driver)
+        # TLS, non-blocking: a send that raised SSLWantWriteError must be
+        # retried with the same bytes (OpenSSL has sent some of its records).
+        self._retry = False
+        self._sending = False           # the writer thread is sending what it took from _out
+        self.tcp = TCP_OPEN             # TCP_SHUT: our FIN is sent; TCP_CUT: closed or lost
+        # RFC 6455 §7.1.1 and §7.1.3: one deadline for the closing
+        # handshake, from the moment the protocol leaves OPEN.
+        self.close_deadline = None
+        self._last_heard = time.monotonic()
         self._ping_sent_at = None
-        # How long the reader waits for the client's next frame (pinging after
-        # that). It waits with poll(), never with the socket's timeout, which
-        # is the writer's: a client that reads slowly is given send_timeout.
-        self._idle_timeout = options.auto_ping_interval or send_timeout
+        self._inbox = collections.deque()   # messages received, for receive()
+        self._writer = None
         self._poller = None
+        self.room = None                # the WaitingRoom driving it, or None: run() does
+        self.conn = None                # its HTTPConnection there
+        self._attending = False         # the room has been asked to look at it
+        self.events = 0                 # what the room's selector watches for it
 
     @property
     def closed(self) -> bool:
-        return self._close_sent or self._close_received or self._dead
+        return self.proto.state is not WebSocketState.OPEN or self.tcp != TCP_OPEN
 
-    # -- the session: run by the connection's thread --------------------------
+    @property
+    def close_code(self):
+        return self.proto.close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self.proto.close_reason
+
+    # -- both drivers: under the lock ----------------------------------------------
+
+    def _feed(self, data: bytes) -> list:
+        """Bytes received (b"": TCP ended) -> the messages they complete."""
+        messages = []
+        with self._cond:
+            if not data:
+                self._cut("the client closed the connection")
+                return messages
+            events, reply = self.proto.receive_data(data)
+            self._last_heard = time.monotonic()
+            if reply:
+                self._push(reply)
+            self._after_proto()
+        for opcode, value in events:
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                messages.append(value)
+            elif opcode == Opcode.PONG:
+                self._ping_sent_at = None
+        return messages
+
+    def _after_proto(self):
+        """Once the protocol leaves OPEN: the closing deadline starts, and whoever waits is told."""
+        proto = self.proto
+        if proto.state is not WebSocketState.OPEN and self.close_deadline is None:
+            self.close_deadline = time.monotonic() + self.options.close_handshake_timeout
+            if proto.error is not None:
+                log.debug("WebSocket on %s: %s (close %d)", self.channel.path, proto.error.reason,
+                          proto.error.code)
+        self._cond.notify_all()
+        if self.room is not None and proto.state is not WebSocketState.OPEN:
+            self._attend()
+
+    def _push(self, frame: bytes):
+        """Queue a frame. In the selector, another thread (an app's broadcast)
+        sends it at once if it is first in line; the room's own thread lets
+        frames gather and sends each client's in one go when it settles it
+        (WaitingRoom._settle): a burst of broadcasts costs a send per client,
+        not one per client and message."""
+        if self.tcp != TCP_OPEN:
+            return
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        room = self.room
+        if room is None:
+            self._cond.notify_all()     # the writer thread
+            return
+        if len(self._out) == 1 and room._thread is not threading.current_thread():
+            self._flush()
+        if self._out:
+            self._attend()              # to send, or to watch for writability
+
+    def _attend(self):
+        if not self._attending and self.room is not None:
+            self._attending = True
+            self.room.attend(self.conn)
+
+    def _closing_rule(self, now: float):
+        """RFC 6455 §7.1.1: "the underlying TCP connection, in most normal
+        cases, SHOULD be closed first by the server". The one rule: once the
+        protocol is CLOSED (both Closes exchanged, or it failed or dropped the
+        client) and our last frame is out, shut TCP for writing -- the client
+        reads its end and closes too, which ends it; at the closing deadline,
+        whatever is left, cut it. Returns the deadline, or None if not closing."""
+        if self.tcp == TCP_CUT or self.close_deadline is None:
+            return None
+        if (self.proto.state is WebSocketState.CLOSED and not self._out and not self._sending
+                and self.tcp == TCP_OPEN):
+            _shutdown_socket(self.sock, socket.SHUT_WR)
+            self.tcp = TCP_SHUT
+        if now >= self.close_deadline:
+            self._cut("no end of the closing handshake within %gs" % self.options.close_handshake_timeout)
+            return None
+        return self.close_deadline
+
+    def _on_timer(self, now: float):
+        """The closing rule, and auto-ping: a Ping after auto_ping_interval of
+        silence; no answer within auto_ping_timeout, the client is dropped.
+        Returns when to look again, or None."""
+        with self._cond:
+            if self.proto.state is not WebSocketState.OPEN or self.tcp != TCP_OPEN:
+                return self._closing_rule(now)
+            interval = self.options.auto_ping_interval
+            if not interval:
+                return None
+            if self._ping_sent_at is not None:
+                due = max(self._ping_sent_at, self._last_heard) + self.options.auto_ping_timeout
+                if now >= due:
+                    self._cut("no pong within %gs" % self.options.auto_ping_timeout)
+                    return None
+                return due
+            due = self._last_heard + interval
+            if now < due:
+                return due
+            self._ping_sent_at = now
+            self._push(self.proto.build_ping(os.urandom(4)))
+            return now + self.options.auto_ping_timeout
+
+    def _cut(self, why: str):
+        """Close TCP now: what is queued is dropped (lock held)."""
+        if self.tcp == TCP_CUT:
+            return
+        log.debug("WebSocket on %s: connection closed: %s", self.channel.path, why)
+        self.tcp = TCP_CUT
+        self.proto.connection_lost()
+        self._out.clear()
+        self._out_bytes = 0
+        _shutdown_socket(self.sock, socket.SHUT_RDWR)
+        self._cond.notify_all()
+        if self.room is not None:
+            self._attend()
+
+    def _flush(self):
+        """The selector's driver: send what the socket takes now, coalesced (lock held)."""
+        out = self._out
+        try:
+            while out:
+                if len(out) > 1 and len(out[0]) < SEND_SLICE and not self._retry:
+                    parts, size = [], 0
+                    while out and size < SEND_SLICE:
+                        size += len(out[0])
+                        parts.append(out.popleft())
+                    out.appendleft(b"".join(parts))     # still whole frames
+                head = out[0]
+                sent = self.sock.send(head)
+                self._out_bytes -= sent
+                if sent < len(head):
+                    out[0] = memoryview(head)[sent:]
+                    self._partial = True
+                    break
+                out.popleft()
+                self._partial = self._retry = False
+        except (BlockingIOError, InterruptedError):
+            pass
+        except _SSL_WANT:
+            self._partial = self._retry = True
+        except OSError as exc:
+            self._cut("send failed: %s" % exc)
+        self._cond.notify_all()         # room for senders waiting
+
+    # -- sending: any thread ----------------------------------------------------
+
+    def send(self, message):
+        """Send a message (str: text, bytes: binary). Waits while this client's
+        send queue is full (up to the send timeout, then the client is dropped).
+        Raises ClientDisconnected if the connection is closed."""
+        if not self._send_data(message_payload(message)):
+            raise ClientDisconnected("the WebSocket is closed")
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = ""):
+        """Start the closing handshake (§7.1.2); a no-op if it has begun."""
+        if not is_valid_close_code(code):
+            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
+        with self._cond:
+            frame = self.proto.build_close(code, reason)
+            if frame is not None:
+                self._push(frame)
+                self._after_proto()
+
+    def _send_data(self, item, block: bool = True) -> bool:
+        """Queue a data frame; False if the connection is closing or closed.
+
+        ``item`` is a frame's bytes, or (opcode, payload) for a message built
+        -- and compressed -- here, under the lock, so that a compressor with
+        context takeover sees messages in the order they go out. A full queue
+        (over max_send_queue bytes; one message always fits an empty queue)
+        drops the client at once if ``block`` is false (a broadcast), else
+        after waiting send_timeout seconds for room.
+        """
+        cond = self._cond
+        limit = self.options.max_send_queue
+        size = len(item) if isinstance(item, bytes) else len(item[1])
+        with cond:
+            if block:
+                deadline = time.monotonic() + self.send_timeout
+                while self._out and self._out_bytes + size > limit and not self.closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    cond.wait(remaining)
+            if self.closed:
+                return False
+            if not self._out or self._out_bytes + size <= limit:
+                self._push(item if isinstance(item, bytes) else self.proto.build_data_frame(*item))
+                return True
+            self._drop(CloseCode.POLICY_VIOLATION, "too slow: send queue over %d bytes" % limit)
+        return False
+
+    def _drop(self, code: int, reason: str):
+        """Drop a client (lock held): what it has queued is discarded, but for a
+        frame partly sent, and our Close goes next, where the socket takes it
+        (§5.5.1); the closing rule cuts TCP after close_handshake_timeout."""
+        log.info("dropping WebSocket client %s on %s: %s", self.environ.get("REMOTE_ADDR"),
+                 self.channel.path, reason)
+        keep = self._out[0] if self._partial and self._out else None
+        self._out.clear()
+        self._out_bytes = 0
+        if keep is not None:
+            self._out.append(keep)
+            self._out_bytes = len(keep)
+        frame = self.proto.build_close(code, reason)
+        if frame is not None:
+            self._push(frame)
+        self._after_proto()
+
+    # -- the threaded driver: run by the connection's thread --------------------
 
     def run(self, handler=None):
         """Serve the connection: ``handler(self)``, or broadcast every message."""
-        self.sock.settimeout(self.send_timeout)
+        self.sock.settimeout(self.send_timeout)     # the writer's: each send may wait this long
         self._poller = select.poll() if hasattr(select, "poll") else None
         if self._poller is not None:
             self._poller.register(self.sock, select.POLLIN)
-        else:                           # no poll(): the socket's timeout serves for both
-            self.sock.settimeout(self._idle_timeout)
+        self._writer = threading.Thread(target=self._write_loop, name="wsgihost-ws-writer", daemon=True)
         self._writer.start()
         self.channel._add(self)
         try:
+            if self._early:
+                self._inbox.extend(self._feed(self._early))
+                self._early = b""
             if handler is None:
                 for message in self:
                     self.channel.broadcast(message)
@@ -2378,42 +2856,17 @@ class WebSocket:
             self._finish()
 
     def _finish(self):
-        """End the closing handshake; the caller then closes TCP, server first (§7.1.1).
-
-        Our Close is queued; the writer thread sends it, then waits up to
-        close_handshake_timeout for the client's Close and cuts TCP if none
-        comes. Meanwhile this thread reads until that Close -- frames within
-        max_frame_size, data discarded; after a protocol error not even
-        frames: nothing the client sends is parsed any more (§7.1.7).
-        """
+        """Read on until the closing rule ends TCP: the protocol answers the
+        client's Pings and notes its Close, and discards the rest."""
         try:
-            if self._failed:
-                self._close_written.wait(self.send_timeout)     # (or the client is gone)
-                self.sock.shutdown(socket.SHUT_WR)
-                # Discard what still comes, for close_handshake_timeout in all:
-                # a client that trickles bytes does not hold the connection.
-                deadline = time.monotonic() + self.options.close_handshake_timeout
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self.sock.settimeout(remaining)
-                    if not self.sock.recv(RECV_SIZE):
-                        break
-                self._lose()
-            else:
-                while not (self._close_received or self._dead):
-                    header = self._read_header(self.options.max_frame_size)
-                    if header.opcode == Opcode.CLOSE:
-                        self._on_close(self._read_control_payload(header))
-                    else:
-                        for _ in self._read_payload(header):
-                            pass
-        except (WebSocketError, OSError):
-            self._lose()
-        self._writer.join(self.send_timeout + self.options.close_handshake_timeout)
-        if self.close_code is None:
-            self.close_code = CloseCode.ABNORMAL
+            while self.tcp != TCP_CUT:
+                data = self._read()
+                if data is not None:
+                    self._feed(data)
+        finally:
+            with self._cond:
+                self._cut("done")
+            self._writer.join(self.send_timeout + self.options.close_handshake_timeout)
 
     def __iter__(self):
         while True:
@@ -2424,338 +2877,65 @@ class WebSocket:
 
     def receive(self):
         """The next message (str or bytes), or None when the connection is closed."""
-        opcode = None                   # of the message being received
-        while not (self._close_received or self._dead):
-            try:
-                header = self._read_header(self.options.max_frame_size)
-                op = header.opcode
-                if op >= Opcode.CLOSE:          # control frames, between fragments too (§5.4)
-                    payload = self._read_control_payload(header)
-                    if op == Opcode.CLOSE:
-                        self._on_close(payload)
-                        return None
-                    if op == Opcode.PING:
-                        self._enqueue(build_frame(Opcode.PONG, payload))    # §5.5.2: same payload
-                    else:
-                        self._ping_sent_at = None   # §5.5.3: a pong, solicited or not
-                        self._idle_timeout = self.options.auto_ping_interval or self.send_timeout
-                    continue
-                if op == Opcode.CONTINUATION:
-                    if opcode is None:
-                        raise WebSocketError(CloseCode.PROTOCOL_ERROR,
-                                             "continuation frame with no message to continue (§5.4)")
-                elif opcode is not None:
-                    raise WebSocketError(CloseCode.PROTOCOL_ERROR,
-                                         "new message inside a fragmented one (§5.4)")
-                else:
-                    opcode, message, fragments = op, bytearray(), 0
-                    compressed = header.rsv1            # RFC 7692 §6: set on the first frame
-                    decoder = codecs.getincrementaldecoder("utf-8")() if op == Opcode.TEXT else None
-                fragments += 1
-                if fragments > MAX_MESSAGE_FRAGMENTS:
-                    raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message in more than %d "
-                                         "fragments" % MAX_MESSAGE_FRAGMENTS)
-                self._read_data(header, message, compressed, decoder)
-            except WebSocketError as exc:
-                self._fail(exc)
+        inbox = self._inbox
+        while not inbox:
+            if self.proto.state is WebSocketState.CLOSED or self.tcp == TCP_CUT:
                 return None
-            except OSError as exc:              # timeouts, resets, ClientDisconnected
-                log.debug("WebSocket on %s lost: %s", self.channel.path, exc)
-                self._lose()
-                return None
-            if header.fin:
-                if self._close_sent:            # §5.5.1: closing; data is discarded
-                    opcode = None
-                    continue
-                # (validated as it came: this decoding cannot fail)
-                return message.decode("utf-8") if decoder else bytes(message)
-        return None
+            data = self._read()
+            if data is not None:
+                inbox.extend(self._feed(data))
+        return inbox.popleft()
 
-    def _read_data(self, header: FrameHeader, message: bytearray, compressed: bool, decoder):
-        """Add a data frame's payload to ``message``: inflated if ``compressed``,
-        validated as UTF-8 as it comes if ``decoder``, so that a violation fails
-        the connection as soon as it is received, even mid-frame (§8.1)."""
-        limit = self.options.max_message_size
-        if not compressed and len(message) + header.payload_len > limit:
-            raise WebSocketError(CloseCode.MESSAGE_TOO_BIG, "message over the limit of %d bytes" % limit)
-        codec = self._codec
-        for piece in self._read_payload(header):
-            for data in codec.decompress(piece, limit - len(message)) if compressed else (piece,):
-                if decoder is not None:
-                    self._validate(decoder, data)
-                message += data
-        if header.fin:
-            if compressed:                      # §7.2.2: the tail the sender stripped
-                for data in codec.decompress(b"", limit - len(message), end=True):
-                    if decoder is not None:
-                        self._validate(decoder, data)
-                    message += data
-            if decoder is not None:
-                self._validate(decoder, b"", True)
-
-    @staticmethod
-    def _validate(decoder, data: bytes, final: bool = False):
+    def _read(self):
+        """Bytes from the client, b"" once TCP has ended, or None when a timer
+        (a ping, the closing deadline) came first and was seen to."""
+        due = self._on_timer(time.monotonic())
+        if self.tcp == TCP_CUT:
+            return b""
+        sock = self.sock
+        timeout = None if due is None else max(due - time.monotonic(), 0.0)
         try:
-            decoder.decode(data, final)
-        except UnicodeDecodeError as exc:
-            raise WebSocketError(CloseCode.INVALID_DATA, "text is not UTF-8: %s" % exc) from None
-
-    def _read_header(self, max_payload) -> FrameHeader:
-        """Read a frame header; wait through idle periods, pinging if configured."""
-        while self._pos >= len(self._buffer):
-            if (self._poller is not None and not getattr(self.sock, "pending", int)()
-                    and not self._poller.poll(self._idle_timeout * 1000)):
-                self._on_idle()
-                continue
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except socket.timeout:
-                self._on_idle()
-                continue
-            if not data:
-                raise ClientDisconnected("the client closed the connection")
-            self._buffer, self._pos = data, 0
-        first = self._read_exact(2)
-        size = frame_header_size(first)
-        return parse_frame_header(first + self._read_exact(size - 2) if size > 2 else first,
-                                  max_payload, compression=self._codec is not None)
-
-    def _read_exact(self, size: int) -> bytes:
-        """Exactly ``size`` bytes (a header, a control frame's payload)."""
-        buffer, pos = self._buffer, self._pos
-        if pos + size <= len(buffer):
-            self._pos = pos + size
-            return buffer[pos:pos + size]
-        parts = [buffer[pos:]]
-        missing = size - len(parts[0])
-        self._buffer, self._pos = b"", 0
-        while missing:
-            data = self.sock.recv(RECV_SIZE)
-            if not data:
-                raise ClientDisconnected("the client closed the connection mid-frame")
-            if len(data) > missing:
-                self._buffer, self._pos = data, missing
-                data = data[:missing]
-            parts.append(data)
-            missing -= len(data)
-        return b"".join(parts)
-
-    def _read_some(self, limit: int) -> bytes:
-        """1 to ``limit`` bytes: from the buffer, else a large read straight
-        from the socket, else (few bytes wanted) a refill of the buffer."""
-        buffer, pos = self._buffer, self._pos
-        if pos >= len(buffer):
-            if limit >= RECV_SIZE:
-                data = self.sock.recv(min(limit, MAX_RECV_SIZE))
-                if not data:
-                    raise ClientDisconnected("the client closed the connection mid-frame")
-                return data
-            buffer, pos = self.sock.recv(RECV_SIZE), 0
-            if not buffer:
-                raise ClientDisconnected("the client closed the connection mid-frame")
-            self._buffer = buffer
-        end = min(len(buffer), pos + limit)
-        self._pos = end
-        return buffer[pos:end]
-
-    def _read_payload(self, header: FrameHeader):
-        """A frame's payload, unmasked, in pieces as they arrive (none if empty)."""
-        mask = header.mask
-        received, length = 0, header.payload_len
-        while received < length:
-            piece = self._read_some(length - received)
-            if mask:
-                turn = received % 4     # the mask goes on where the last piece stopped
-                piece = apply_mask(piece, mask[turn:] + mask[:turn] if turn else mask)
-            received += len(piece)
-            yield piece
-
-    def _read_control_payload(self, header: FrameHeader) -> bytes:
-        payload = self._read_exact(header.payload_len)      # at most 125 bytes (§5.5)
-        return apply_mask(payload, header.mask) if header.mask else payload
-
-    def _on_idle(self):
-        """No frame for a while: ping (auto_ping_interval); no pong in time: drop."""
-        interval = self.options.auto_ping_interval
-        if not interval or self._close_sent:
-            return                      # closing: the writer thread keeps the time
-        now = time.monotonic()
-        if self._ping_sent_at is not None:
-            if now - self._ping_sent_at >= self.options.auto_ping_timeout:
-                raise ClientDisconnected("no pong within %gs" % self.options.auto_ping_timeout)
-            return
-        self._ping_sent_at = now
-        self._enqueue(build_frame(Opcode.PING, os.urandom(4)))
-        self._idle_timeout = min(interval, self.options.auto_ping_timeout)
-        if self._poller is None:
-            self.sock.settimeout(self._idle_timeout)
-
-    def _on_close(self, payload: bytes):
-        """The client's Close (§5.5.1): answer it (unless we began), then end."""
-        with self._cond:
-            self._close_received = True     # even an invalid Close ends the client's side
-            self._cond.notify_all()         # the writer may be waiting for it
-        try:
-            code, reason = parse_close_payload(payload)
-        except WebSocketError as exc:
-            self._fail(exc)
-            return
-        if self.close_code is None:
-            self.close_code, self.close_reason = code or CloseCode.NO_STATUS, reason
-        # Echo the code received (§5.5.1), or an empty Close if it had none.
-        self._send_close(build_close_payload(code))
-
-    def _fail(self, exc: WebSocketError):
-        """A protocol violation (§7.1.7): Close with its code, then wait for the client's."""
-        log.debug("WebSocket on %s: %s (close %d)", self.channel.path, exc.reason, exc.code)
-        self._failed = True
-        self.close(exc.code, exc.reason)
-
-    def _lose(self):
-        self._dead = True
-        if self.close_code is None:
-            self.close_code = CloseCode.ABNORMAL
-        with self._cond:
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._cond.notify_all()
-        _shutdown_socket(self.sock, socket.SHUT_RDWR)
-
-    # -- sending: any thread ----------------------------------------------------
-
-    def send(self, message):
-        """Send a message (str: text, bytes: binary). Waits while this client's
-        send queue is full (up to the send timeout, then the client is dropped).
-        Raises ClientDisconnected if the connection is closed."""
-        opcode, payload = message_payload(message)
-        item = (opcode, payload) if self._codec else build_frame(opcode, payload)
-        if not self._enqueue(item):
-            raise ClientDisconnected("the WebSocket is closed")
-
-    def close(self, code: int = CloseCode.NORMAL, reason: str = ""):
-        """Start the closing handshake (§7.1.2); a no-op if it has begun."""
-        if not is_valid_close_code(code):
-            raise ValueError("close code %r may not be sent (RFC 6455 §7.4)" % (code,))
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        self._send_close(build_close_payload(code, reason))
-
-    def _send_close(self, payload: bytes):
-        with self._cond:
-            if self._close_sent or self._dead:
-                return
-            self._close_sent = True
-            frame = build_frame(Opcode.CLOSE, payload)
-            self._queue.append(frame)
-            self._queued_bytes += len(frame)
-            self._cond.notify_all()
-
-    def _drop(self, code: int, reason: str):
-        """Drop a client now: what it has queued is discarded, a Close sent, TCP shut."""
-        log.info("dropping WebSocket client %s on %s: %s", self.environ.get("REMOTE_ADDR"),
-                 self.channel.path, reason)
-        with self._cond:
-            if self._dead or self._drop_after_close:
-                return
-            close_written = self._close_sent and not self._queue
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._drop_after_close = True
-            if self.close_code is None:
-                self.close_code, self.close_reason = code, reason
-            if not close_written:
-                self._close_sent = True
-                self._queue.append(build_frame(Opcode.CLOSE, build_close_payload(code, reason)))
-                self._cond.notify_all()
-        if close_written:
-            self._lose()
-        else:
-            # The writer may be stuck in a send to this very client: cut TCP
-            # after close_handshake_timeout whether the Close went out or not.
-            timer = threading.Timer(self.options.close_handshake_timeout, self._lose)
-            timer.daemon = True
-            timer.start()
-
-    def _enqueue(self, item, block: bool = True) -> bool:
-        """Queue a frame for the writer thread; False if the connection is closed.
-
-        ``item`` is a frame's bytes, or (opcode, payload) for a message the
-        writer compresses as it sends it (the queue counts it uncompressed).
-        A full queue (over max_send_queue bytes; one message always fits an
-        empty queue) drops the client at once if ``block`` is false (a
-        broadcast), else after waiting send_timeout seconds for room.
-        """
-        cond = self._cond
-        limit = self.options.max_send_queue
-        size = len(item) if isinstance(item, bytes) else len(item[1])
-        with cond:
-            if block:
-                deadline = time.monotonic() + self.send_timeout
-                while (self._queue and self._queued_bytes + size > limit
-                       and not (self._close_sent or self._dead)):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    cond.wait(remaining)
-            if self._close_sent or self._dead:
-                return False
-            if not self._queue or self._queued_bytes + size <= limit:
-                self._queue.append(item)
-                self._queued_bytes += size
-                cond.notify_all()
-                return True
-        self._drop(CloseCode.POLICY_VIOLATION, "too slow: send queue over %d bytes" % limit)
-        return False
-
-    def _send_frames(self, frames: list):
-        """Send frames coalesced in pieces of about SEND_SLICE bytes, ending on frame
-        boundaries, so that a client dropped meanwhile (_drop) gets its Close
-        after the frame being sent, not after everything it could not take."""
-        piece, size = [], 0
-        for frame in frames:
-            piece.append(frame)
-            size += len(frame)
-            if size >= SEND_SLICE or frame is frames[-1]:
-                if self._drop_after_close and frame is not frames[-1]:
-                    return                      # the rest is for a client that is gone
-                send_all(self.sock, piece[0] if len(piece) == 1 else b"".join(piece))
-                piece, size = [], 0
+            if self._poller is not None:
+                # poll(), not the socket's timeout, which is the writer's (send_timeout)
+                if not getattr(sock, "pending", int)() and not self._poller.poll(
+                        None if timeout is None else timeout * 1000 + 1):
+                    return None
+            else:                       # no poll(): the socket's timeout serves for both
+                sock.settimeout(self.send_timeout if timeout is None else max(timeout, 0.001))
+            return sock.recv(RECV_SIZE)
+        except socket.timeout:
+            return None
+        except OSError:
+            return b""
 
     def _write_loop(self):
-        """The writer thread: send what is queued, coalesced; end after the Close."""
+        """The writer thread: send what is queued, coalesced, in order; keep to
+        the closing rule; end once TCP is shut or cut."""
         cond = self._cond
+        out = self._out
         while True:
             with cond:
-                while not self._queue and not self._dead:
-                    cond.wait()
-                if self._dead:
-                    return
-                frames = list(self._queue)
-                self._queue.clear()
-                self._queued_bytes = 0
-                last = self._close_sent         # the Close is always the last frame queued
-                drop = self._drop_after_close
+                while not out:
+                    due = self._closing_rule(time.monotonic())
+                    if self.tcp != TCP_OPEN:
+                        return
+                    cond.wait(None if due is None else max(due - time.monotonic(), 0.001))
+                batch, size = [], 0
+                while out and size < SEND_SLICE:
+                    size += len(out[0])
+                    batch.append(out.popleft())
+                self._out_bytes -= size
+                self._sending = True
                 cond.notify_all()               # room for senders waiting
-            # Compressed here, in the order they go out: with context takeover
-            # each message may refer back to the ones sent before it.
-            frames = [item if isinstance(item, bytes) else
-                      build_frame(item[0], self._codec.compress(item[1]), rsv1=True) for item in frames]
             try:
-                self._send_frames(frames)
+                send_all(self.sock, batch[0] if len(batch) == 1 else b"".join(batch))
             except OSError as exc:
-                log.debug("WebSocket on %s: send failed: %s", self.channel.path, exc)
-                self._lose()
-                return
-            if self._drop_after_close and not last:
-                continue                        # dropped meanwhile: its Close is queued
-            if last:                            # our Close is out: the client has this long
-                self._close_written.set()
                 with cond:
-                    answered = drop or cond.wait_for(lambda: self._close_received or self._dead,
-                                                     self.options.close_handshake_timeout)
-                if drop or not answered:
-                    self._lose()
+                    self._sending = False
+                    self._cut("send failed: %s" % exc)
                 return
+            with cond:
+                self._sending = False
 
 
 class Channel:
@@ -2810,7 +2990,9 @@ class Channel:
         and memLevel: each of their messages starts from an empty history, so
         the same bytes serve them all. With context takeover each client's
         compressor has its own history -- the messages it was sent before --
-        so its writer thread compresses the message for it alone.
+        so each compresses the message for itself, under its lock, in the
+        order the channel's lock gives. A client of the waiting room is sent
+        what its socket takes at once; a dropped client leaves the channel.
         """
         opcode, payload = message_payload(message)
         frames = {}                     # None (uncompressed) or (bits, memLevel) -> frame
@@ -2823,13 +3005,15 @@ class Channel:
                 elif params.server_no_context_takeover:
                     key = (params.server_max_window_bits, params.memory_level)
                 else:
-                    client._enqueue((opcode, payload), block=False)     # its writer compresses it
+                    if not client._send_data((opcode, payload), block=False):
+                        self._clients.discard(client)
                     continue
                 frame = frames.get(key)
                 if frame is None:
                     frame = frames[key] = (build_frame(opcode, payload) if key is None else build_frame(
                         opcode, PerMessageDeflate(params).compress(payload), rsv1=True))
-                client._enqueue(frame, block=False)
+                if not client._send_data(frame, block=False):
+                    self._clients.discard(client)
         return len(clients)
 
     def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = ""):
@@ -2846,10 +3030,12 @@ class Channel:
 
 
 class WebSocketService:
-    """A websocket path: the handshake, then a WebSocket run by ``handler`` (or broadcast)."""
+    """A websocket path: the handshake, then a WebSocket run by ``handler``
+    in the connection's thread, or, without a handler (a broadcast channel),
+    by the waiting room's selector, holding no thread."""
 
     kind = "websocket"
-    gate = None             # a WebSocket holds its thread for its whole life: no queue
+    gate = None             # WebSockets have a limit of their own (max_websockets), no queue
 
     def __init__(self, path: str = "/", handler=None, options: WebSocketOptions = None,
                  label: str = "broadcast"):
@@ -2857,6 +3043,9 @@ class WebSocketService:
         self.options = options or WebSocketOptions()
         self.channel = Channel(path)
         self.label = label
+        # Its handshakes are served by the waiting room's own thread (section
+        # 13): a broadcast client needs no thread at any point.
+        self.in_room = handler is None
 
     def serve(self, environ: dict, response: Response, conn: HTTPConnection):
         if conn.transport.stopping:
@@ -2883,9 +3072,19 @@ class WebSocketService:
         response.headers_sent = True
         response.keep_alive = False             # after the WebSocket, the connection ends
         conn.sock.sendall(b"\r\n".join(head) + b"\r\n\r\n")
+        selector_driven = self.handler is None and conn.transport.server is not None
+        if selector_driven:
+            # The waiting room takes it from here (Next.WEBSOCKET). It keeps
+            # of the environ only what a log line names: a thousand clients
+            # hold no thousand copies of the request.
+            environ = {key: environ[key] for key in ("REMOTE_ADDR", "REMOTE_PORT", "PATH_INFO",
+                                                       "SCRIPT_NAME") if key in environ}
         websocket = WebSocket(conn.sock, conn.reader, environ, self.channel, self.options, protocol,
                               conn.transport.limits.client_timeout, agreed[0] if agreed else None)
-        websocket.run(self.handler)
+        if selector_driven:
+            conn.websocket = websocket
+        else:
+            websocket.run(self.handler)
 
 # =============================================================================
 # 9. Static files, redirects and JSON values
@@ -4322,11 +4521,23 @@ def send_close_notify(sock):
 #   SENDING    the rest of a response given whole, its app slot and thread
 #              already free                             client_timeout of no progress: close
 #   LINGERING  shut for writing, input discarded       LINGER_TIME: close
+#   WEBSOCKET  a broadcast path's WebSocket (section 8), for good: read and
+#              fed to its protocol, written when it has bytes waiting
+#                                  its own timers: auto-ping, the closing deadline
 #   CLOSED
 #
 #   accept -> (HANDSHAKE ->) WAITING -> (head complete) (-> BODY) -> ACTIVE or QUEUED -> ACTIVE
 #   ACTIVE (-> SENDING) -> Next.KEEP: WAITING (or ACTIVE again, for a pipelined request)
 #          -> Next.LINGER: LINGERING -> CLOSED;  Next.CLOSE: CLOSED
+#          -> Next.WEBSOCKET (101 sent, no handler): WEBSOCKET -> CLOSED
+#
+# A WebSocket's timers differ per path and move with every frame, so they
+# wait in a heap instead of a room; it watches for writability only while
+# bytes wait for it. Other threads (an app's broadcast, the Redis bridge,
+# close_all) never take the room's lock for it: they send what the socket
+# takes at once under the WebSocket's own lock, and ask the room to look at
+# it (attend) for the rest. Messages it receives are broadcast outside the
+# room's lock. Locks are taken in one order: room, channel, WebSocket.
 #
 # max_connections bounds open connections, that is memory: when they are all
 # open, the one that has waited longest gives its place to a newcomer (as
@@ -4337,8 +4548,8 @@ def send_close_notify(sock):
 # room, its Gates and the selector's registrations, which pool threads make
 # too: an epoll or kqueue takes them while the room's thread sleeps in it.
 
-HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, CLOSED = (
-    "handshake", "waiting", "body", "queued", "active", "sending", "lingering", "closed")
+HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, WEBSOCKET, CLOSED = (
+    "handshake", "waiting", "body", "queued", "active", "sending", "lingering", "websocket", "closed")
 
 # A non-blocking TLS socket that needs more bytes (or room to send) says so
 # with these, not BlockingIOError.
@@ -4389,6 +4600,14 @@ class WaitingRoom:
         self.lingering = collections.OrderedDict()
         self.bodies = collections.OrderedDict()
         self.sending = collections.OrderedDict()
+        # WebSockets (state WEBSOCKET): their timers differ per path and
+        # move, so they wait in a heap of (when, n, conn) instead, an entry
+        # current only while conn.deadline is its time; and other threads
+        # (a broadcast, close_all) ask the room to look at one through
+        # ``attention`` (WebSocket._attend), never taking the room's lock.
+        self.ws_timers = []
+        self._ws_timer_count = 0
+        self.attention = collections.deque()
         self._rooms = {HANDSHAKE: (self.handshaking, limits.client_timeout),
                        WAITING: (self.waiting, limits.client_timeout),
                        BODY: (self.bodies, limits.client_timeout),
@@ -4426,14 +4645,17 @@ class WaitingRoom:
         try:
             while self.running:
                 events = selector.select(self._timeout())
+                received = []           # (WebSocket, message) to broadcast
                 with self.lock:
-                    for key, _ in events:
+                    for key, mask in events:
                         conn = key.data
                         try:
                             if conn is None:
                                 self._accept()
                             elif conn is self:
                                 self._drain_wakeups()
+                            elif conn.state is WEBSOCKET:
+                                self._on_websocket(conn, mask, received)
                             else:
                                 self._on_ready(conn)
                         except Exception:
@@ -4441,6 +4663,11 @@ class WaitingRoom:
                             if isinstance(conn, HTTPConnection):
                                 self._close(conn)
                     self._expire(time.monotonic())
+                    self._attend_all()
+                if received:
+                    # Outside the room's lock: a broadcast to thousands takes
+                    # their locks (and the channel's), never the room's.
+                    self._broadcast(received)
         finally:
             with self.lock:
                 self.running = False
@@ -4459,6 +4686,10 @@ class WaitingRoom:
                 timeout = min(timeout, next(iter(room)).deadline - now)
         if self.resume_at is not None:
             timeout = min(timeout, self.resume_at - now)
+        if self.ws_timers:
+            timeout = min(timeout, self.ws_timers[0][0] - now)
+        if self.attention:
+            timeout = 0.0
         return max(timeout, 0.0)
 
     def wake(self):
@@ -4692,7 +4923,28 @@ class WaitingRoom:
         conn.searched = 0
         conn.receiving = False
         request = self._admit(conn, head_bytes)
-        if request is not None:
+        if request is None:
+            return
+        self._move(conn, ACTIVE)
+        if getattr(request.service, "in_room", False):
+            self._serve_here(conn, request)
+        else:
+            self.pool.submit(self._serve, conn, request)
+
+    def _serve_here(self, conn: HTTPConnection, request: Request):
+        """Serve a request in the room's thread: a broadcast path's handshake,
+        which is a check and a 101 of a few hundred bytes, into a socket that
+        has sent its request and not read since (it takes them at once; else
+        it is closed). A burst of 10,000 handshakes then costs no thread."""
+        try:
+            next_step = conn.run(request)
+        except Exception:
+            log.exception("unexpected error serving %s", conn.client_address[0])
+            next_step = Next.CLOSE
+        if next_step is not Next.WEBSOCKET:
+            self._release(request.service.gate)
+        request = self._after(conn, next_step)
+        if request is not None:             # a pipelined request after a 426
             self._move(conn, ACTIVE)
             self.pool.submit(self._serve, conn, request)
 
@@ -4744,7 +4996,7 @@ class WaitingRoom:
                 self._refuse(conn, HTTPError(503, "too many WebSocket connections (max_websockets "
                                              "is %d)" % self.max_websockets, [("Retry-After", "5")]))
                 return None
-            self.websockets += 1
+            self.websockets += 1        # until its thread is done, or it leaves WEBSOCKET
             return request
         if gate.free and not gate.waiting:
             gate.free -= 1
@@ -4801,6 +5053,12 @@ class WaitingRoom:
     def _close(self, conn: HTTPConnection):
         if conn.state is CLOSED:
             return
+        if conn.state is WEBSOCKET:
+            self.websockets -= 1
+            websocket = conn.websocket
+            websocket.channel._remove(websocket)
+            with websocket._cond:
+                websocket._cut("closed")
         self._unqueue(conn)
         self._move(conn, CLOSED)
         send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS (a no-op if sent)
@@ -4873,6 +5131,7 @@ class WaitingRoom:
             if conn.deadline > now:
                 break
             self._close(conn)
+        self._expire_websockets(now)
         if self.resume_at is not None and now >= self.resume_at:
             self._listen()
 
@@ -4914,7 +5173,10 @@ class WaitingRoom:
                 log.exception("unexpected error serving %s", conn.client_address[0])
                 next_step = Next.CLOSE
             with self.lock:
-                waiter = self._release(gate, take=True) if gate is not False else None
+                waiter = None
+                if gate is not False and next_step is not Next.WEBSOCKET:
+                    # (a WebSocket keeps its place until it closes)
+                    waiter = self._release(gate, take=True)
                 request = self._after(conn, next_step)
             if waiter is not None:
                 if request is not None:     # this connection goes on: the waiter to another thread
@@ -4983,6 +5245,8 @@ class WaitingRoom:
         """Where a connection goes after a request; a pipelined request ready to run, or None."""
         if next_step is Next.LINGER:
             self._linger(conn)
+        elif next_step is Next.WEBSOCKET:
+            self._enter_websocket(conn)
         elif next_step is not Next.KEEP or (self.transport.stopping and not conn.reader.buffer):
             self._close(conn)       # stopping: a request already read is served first
         else:
@@ -5004,6 +5268,119 @@ class WaitingRoom:
                     return self._admit(conn, bytes(buffer[:end - 4]))
             self._move(conn, WAITING)
         return None
+
+    # -- WebSockets: a broadcast path's clients, in the selector -------------------
+
+    def _enter_websocket(self, conn: HTTPConnection):
+        """An upgraded connection (101 sent) joins the selector for good: its
+        bytes are read, fed to its WebSocket's protocol and broadcast here."""
+        websocket = conn.websocket
+        self._move(conn, WEBSOCKET)
+        conn.base_environ = None                # (a WebSocket keeps what it needs)
+        conn.deadline = None
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WEBSOCKET_SEND_BUFFER)
+            conn.sock.setblocking(False)
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        except (OSError, ValueError, KeyError):    # the client is gone already
+            self._close(conn)
+            return
+        conn.registered = True
+        websocket.room, websocket.conn, websocket.events = self, conn, selectors.EVENT_READ
+        try:                                    # TLS: bytes decrypted with the handshake's
+            websocket._early += read_pending(conn.sock, b"")
+        except OSError:
+            pass
+        websocket.channel._add(websocket)
+        if self.transport.stopping:
+            websocket.close(CloseCode.GOING_AWAY, "server shutting down")     # as close_all does
+        if websocket._early:                    # (rare: frames sent with the handshake)
+            early, websocket._early = websocket._early, b""
+            for message in websocket._feed(early):
+                websocket.channel.broadcast(message)
+        self._settle(conn)
+        if not self._live_register and threading.current_thread() is not self._thread:
+            self.wake()
+
+    def _on_websocket(self, conn: HTTPConnection, mask: int, received: list):
+        websocket = conn.websocket
+        if mask & selectors.EVENT_WRITE:
+            with websocket._cond:
+                websocket._flush()
+        if mask & selectors.EVENT_READ:
+            try:
+                # Under its lock: a TLS connection's state is not to be read
+                # here and written by a broadcasting thread at the same time.
+                with websocket._cond:
+                    data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+            except (BlockingIOError, InterruptedError) + _SSL_WANT:
+                data = None
+            except OSError:
+                data = b""
+            if data is not None:
+                received.extend((websocket, message) for message in websocket._feed(data))
+        self._settle(conn)
+
+    def attend(self, conn: HTTPConnection):
+        """Any thread: look at this WebSocket soon (its queue, its timers)."""
+        self.attention.append(conn)
+        if threading.current_thread() is not self._thread:
+            self.wake()
+
+    def _attend_all(self):
+        attention = self.attention
+        while attention:
+            conn = attention.popleft()
+            if conn.state is WEBSOCKET:
+                self._settle(conn)
+
+    def _settle(self, conn: HTTPConnection):
+        """After anything happened to a WebSocket: its timers (pings, the
+        closing rule), what the selector watches (writability only while
+        bytes wait), and its end once TCP is cut."""
+        websocket = conn.websocket
+        websocket._attending = False
+        if websocket._out and not websocket.events & selectors.EVENT_WRITE:
+            with websocket._cond:
+                websocket._flush()              # what gathered (WebSocket._push)
+        due = websocket._on_timer(time.monotonic())
+        if websocket.tcp == TCP_CUT:
+            self._close(conn)
+            return
+        with websocket._cond:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if websocket._out else 0)
+            if events != websocket.events:
+                try:
+                    self.selector.modify(conn.sock, events, conn)
+                    websocket.events = events
+                except (OSError, ValueError, KeyError):
+                    websocket._cut("the socket is gone")
+        if websocket.tcp == TCP_CUT:
+            self._close(conn)
+            return
+        # An earlier time gets an entry now; a later one when the present entry comes due.
+        if due is not None and (conn.deadline is None or due < conn.deadline):
+            conn.deadline = due
+            self._ws_timer_count += 1
+            heapq.heappush(self.ws_timers, (due, self._ws_timer_count, conn))
+
+    def _expire_websockets(self, now: float):
+        timers = self.ws_timers
+        while timers and timers[0][0] <= now:
+            when, _, conn = heapq.heappop(timers)
+            if conn.state is WEBSOCKET and when == conn.deadline:
+                conn.deadline = None
+                self._settle(conn)
+
+    def _broadcast(self, received: list):
+        for websocket, message in received:
+            try:
+                websocket.channel.broadcast(message)
+            except Exception:
+                log.exception("broadcasting on %s failed", websocket.channel.path)
+        if self.attention:
+            with self.lock:
+                self._attend_all()
 
     # -- stopping: any thread ------------------------------------------------------
 

@@ -944,17 +944,22 @@ def post_broadcast(port, token):
     return int(body) if response.status == 200 else None
 
 
-def wsgihost_idle_config(folder):
-    """A config template (port set per run): the broadcast app on "/", a broadcast path "ws"."""
+def wsgihost_idle_config(folder, most):
+    """A config template (port set per run): the broadcast app on "/", a broadcast path "ws",
+    and room for ``most`` WebSockets (by default a fifth of max_connections is kept for HTTP)."""
     path = os.path.join(folder, "idle.json")
+    limits = {"max_connections": max(most + 1000, 10000), "max_websockets": max(most + 100, 8000)}
     with open(path, "w") as f:
         json.dump({"workers": [{"type": "router", "options": {"pythonpath": [HERE]},
                                 "transports": [{
-                                    "type": "web",
+                                    "type": "web", "options": limits,
                                     "endpoint": {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
                                     "paths": {"/": {"type": "wsgi", "module": "apps",
                                                     "object": "broadcast"},
-                                              "ws": {"type": "websocket"}}}]}]}, f)
+                                              # The holder answers no pings: with them on,
+                                              # the server would rightly drop its clients.
+                                              "ws": {"type": "websocket",
+                                                     "options": {"auto_ping_interval": 0}}}}]}]}, f)
     return path
 
 
@@ -1031,7 +1036,7 @@ def idle_mode(args):
     counts = args.idle
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        config = wsgihost_idle_config(folder)
+        config = wsgihost_idle_config(folder, max(counts))
         for count in counts:
             for kind in servers:
                 if kind.name != "wsgihost" and count > args.peers_idle_max:
