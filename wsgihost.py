@@ -209,8 +209,11 @@ MAX_MESSAGE_SIZE = 16 * 1024 * 1024
 #: handler's own send() waits for room instead, up to client_timeout.
 MAX_SEND_QUEUE = 16 * 1024 * 1024
 #: Seconds the closing handshake may take, from the first Close either way
-#: (or a failure, or a drop); then the server cuts TCP (Crossbar: 1 s).
+#: (or a failure, or a drop); then the server cuts TCP (Crossbar: 1 s). A
+#: Close queued behind other frames has client_timeout more for them to go out.
 CLOSE_HANDSHAKE_TIMEOUT = 1.0
+#: The largest Close frame a server sends: 2 header bytes, 125 of payload (§5.5).
+MAX_CLOSE_FRAME = 127
 #: Seconds of silence before a ping, and for its pong to come; then the
 #: connection is dropped. Browsers answer pings by themselves.
 AUTO_PING_INTERVAL = 30.0
@@ -1796,7 +1799,8 @@ def _log_escape(text: str) -> str:
 # exchanged, or failed, or lost) -- and WebSocket keeps the one rule for TCP
 # (§7.1.1: the server closes it first, once both Closes are exchanged and
 # ours is out, or at the one closing deadline, close_handshake_timeout after
-# the protocol left OPEN). The frame functions under it are pure too: bytes
+# the protocol left OPEN -- or after our Close went out, if it was queued
+# behind other frames). The frame functions under it are pure too: bytes
 # in, values out, or a WebSocketError carrying the close code (§7.4.1).
 #
 # Two drivers move the bytes. A broadcast path's client (no handler) lives in
@@ -2596,6 +2600,7 @@ class WebSocket:
         # RFC 6455 §7.1.1 and §7.1.3: one deadline for the closing
         # handshake, from the moment the protocol leaves OPEN.
         self.close_deadline = None
+        self._close_behind = False      # our Close is queued behind other frames
         self._last_heard = time.monotonic()
         self._ping_sent_at = None
         self._inbox = collections.deque()   # messages received, for receive()
@@ -2643,7 +2648,16 @@ class WebSocket:
         """Once the protocol leaves OPEN: the closing deadline starts, and whoever waits is told."""
         proto = self.proto
         if proto.state is not WebSocketState.OPEN and self.close_deadline is None:
-            self.close_deadline = time.monotonic() + self.options.close_handshake_timeout
+            wait = self.options.close_handshake_timeout
+            if self._out_bytes > MAX_CLOSE_FRAME or self._sending:
+                # Our Close waits behind frames queued before it (a close()
+                # after a big broadcast, a drop keeping a frame partly sent):
+                # the client has send_timeout more to take them, as for any
+                # send, and close_handshake_timeout once they are out
+                # (_sent_all), not a second for megabytes.
+                wait += self.send_timeout
+                self._close_behind = True
+            self.close_deadline = time.monotonic() + wait
             if proto.error is not None:
                 log.debug("WebSocket on %s: %s (close %d)", self.channel.path, proto.error.reason,
                           proto.error.code)
@@ -2756,7 +2770,17 @@ class WebSocket:
             self._partial = self._retry = True
         except OSError as exc:
             self._cut("send failed: %s" % exc)
+        if not out:
+            self._sent_all()
         self._cond.notify_all()         # room for senders waiting
+
+    def _sent_all(self):
+        """The queue is empty (lock held): if our Close was behind other
+        frames, it is out now, and the closing handshake has its own timeout."""
+        if self._close_behind:
+            self._close_behind = False
+            self.close_deadline = min(self.close_deadline,
+                                      time.monotonic() + self.options.close_handshake_timeout)
 
     # -- sending: any thread ----------------------------------------------------
 
@@ -2936,6 +2960,8 @@ class WebSocket:
                 return
             with cond:
                 self._sending = False
+                if not out:
+                    self._sent_all()
 
 
 class Channel:
