@@ -5426,6 +5426,10 @@ class Node:
 
     def start(self) -> Node:
         """Bind every transport, then serve in background threads. OSError if a bind fails."""
+        for transport in self.transports:   # a stopped node may start again: take requests again
+            transport.stopping = False
+        self.stopped.clear()
+        self.threads, self.bridges = [], []
         raise_open_files_limit(sum(t.limits.max_connections for t in self.transports))
         servers = []
         for transport in self.transports:
@@ -5529,15 +5533,19 @@ def run_node(node: Node) -> int:
         log.info("%s: stopping (requests in flight may finish)", signal.Signals(signum).name)
         stop.set()
 
+    previous = {}                       # the caller's handlers, put back on return
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {signum: signal.signal(signum, on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         while not stop.wait(1.0):
             pass
     except KeyboardInterrupt:
         pass
-    node.stop()
+    finally:
+        node.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("stopped")
     return 0
 
