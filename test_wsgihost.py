@@ -5173,7 +5173,7 @@ class SubprocessTests(unittest.TestCase):
                 if time.monotonic() > deadline:
                     self.fail("server did not start")
                 time.sleep(0.05)
-        conn = http.client.HTTPConnection("::1", port, timeout=5)
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
         conn.request("GET", "/")
         resp = conn.getresponse()
         self.assertEqual((resp.status, resp.read()), (200, b"Hello, World!"))
