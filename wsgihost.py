@@ -5524,26 +5524,29 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
 
 def run_node(node: Node) -> int:
     """Start ``node``, log its URLs, serve until a signal, stop gracefully."""
-    node.start()
-    for transport in node.transports:
-        log.info("serving %s", ", ".join(transport.urls()))
     stop = threading.Event()
 
     def on_signal(signum, frame):
         log.info("%s: stopping (requests in flight may finish)", signal.Signals(signum).name)
         stop.set()
 
-    previous = {}                       # the caller's handlers, put back on return
+    # The handlers go in before the sockets listen (a SIGTERM sent as soon as
+    # the port answers is a graceful stop, not a kill), and the caller's come back.
+    previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {signum: signal.signal(signum, on_signal)
                     for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(1.0):
+        node.start()
+        for transport in node.transports:
+            log.info("serving %s", ", ".join(transport.urls()))
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
             pass
-    except KeyboardInterrupt:
-        pass
-    finally:
         node.stop()
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     log.info("stopped")
