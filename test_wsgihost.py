@@ -2497,7 +2497,7 @@ class WebSocketNodeCase(unittest.TestCase):
         self.addCleanup(client.close)
         return client
 
-    def wait_for(self, condition, timeout=10):
+    def wait_for(self, condition, timeout=30):
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -2638,7 +2638,7 @@ class WebSocketFragmentTests(WebSocketNodeCase):
     def test_a_flood_of_empty_fragments_is_closed_with_1009(self):
         c = self.client("/plain")
         mask = b"abcd"
-        c.sock.settimeout(60)
+        c.sock.settimeout(300)                                  # 128 Ki frames: seconds idle, more loaded
         c.sock.sendall(b"\x02\x80" + mask + (b"\x00\x80" + mask) * wsgihost.MAX_MESSAGE_FRAGMENTS)
         self.assertEqual(c.expect_close(), 1009)
 
@@ -2651,7 +2651,7 @@ class WebSocketFragmentTests(WebSocketNodeCase):
         frames = b"".join([b"\x02\x82" + mask + data[:piece]] +
                           [b"\x00\x82" + mask + data[i:i + piece] for i in middle] +
                           [b"\x80\x82" + mask + data[-piece:]])
-        c.sock.settimeout(60)
+        c.sock.settimeout(300)                                  # tracemalloc slows every thread; load slows more
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
         c.sock.sendall(frames)
