@@ -1286,7 +1286,7 @@ class KeepAliveTests(unittest.TestCase):
         for sock in busy:
             self.addCleanup(sock.close)
             sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(entered) < 2:                     # both connections are being served
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.01)
@@ -1308,7 +1308,7 @@ class KeepAliveTests(unittest.TestCase):
         self.addCleanup(node.stop, 0)
         oldest = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.addCleanup(oldest.close)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while len(node.transports[0].connections) < 1:
             self.assertLess(time.monotonic(), deadline)
             time.sleep(0.01)
@@ -1590,7 +1590,7 @@ class GateTests(unittest.TestCase):
             if threads_serving_one is None:
                 self.assertTrue(entered.wait(10))
                 threads_serving_one = threading.active_count()
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30
             while len(service.gate.waiting) < i:    # queued: its arrival order is i
                 self.assertLess(time.monotonic(), deadline)
                 time.sleep(0.005)
@@ -2497,7 +2497,7 @@ class WebSocketNodeCase(unittest.TestCase):
         self.addCleanup(client.close)
         return client
 
-    def wait_for(self, condition, timeout=10):
+    def wait_for(self, condition, timeout=30):
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -2638,7 +2638,7 @@ class WebSocketFragmentTests(WebSocketNodeCase):
     def test_a_flood_of_empty_fragments_is_closed_with_1009(self):
         c = self.client("/plain")
         mask = b"abcd"
-        c.sock.settimeout(60)
+        c.sock.settimeout(300)                                  # 128 Ki frames: seconds idle, more loaded
         c.sock.sendall(b"\x02\x80" + mask + (b"\x00\x80" + mask) * wsgihost.MAX_MESSAGE_FRAGMENTS)
         self.assertEqual(c.expect_close(), 1009)
 
@@ -2651,7 +2651,7 @@ class WebSocketFragmentTests(WebSocketNodeCase):
         frames = b"".join([b"\x02\x82" + mask + data[:piece]] +
                           [b"\x00\x82" + mask + data[i:i + piece] for i in middle] +
                           [b"\x80\x82" + mask + data[-piece:]])
-        c.sock.settimeout(60)
+        c.sock.settimeout(300)                                  # tracemalloc slows every thread; load slows more
         tracemalloc.start()
         self.addCleanup(tracemalloc.stop)
         c.sock.sendall(frames)
@@ -3800,7 +3800,7 @@ class TLSTests(unittest.TestCase):
         start = time.monotonic()
         resp, body = self.get(port)
         self.assertEqual(resp.status, 200)
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 10)   # held by them: 30 s (client_timeout)
 
     def test_a_stalled_handshake_is_closed_at_client_timeout(self):
         node, port = self.start(options={"options": {"client_timeout": 0.5}})
@@ -3931,7 +3931,7 @@ class WaitingRoomTests(unittest.TestCase):
         start = time.monotonic()
         resp, body = self.get(transport.port, "/ok")
         self.assertEqual((resp.status, body), (200, b"Hello, World!"))
-        self.assertLess(time.monotonic() - start, 1.0)
+        self.assertLess(time.monotonic() - start, 10)   # blocked: until the hang ends, 30 s
         # The two requests inside the hung app keep their connections; every
         # other one is gone, and no thread was spent on any of them.
         self.wait_for(lambda: len(transport.connections) <= 2, what="abandoned requests not dropped")
@@ -3976,7 +3976,7 @@ class WaitingRoomTests(unittest.TestCase):
         clients[0].close()
         channel = node.transports[0].channels["/ws"]
         self.wait_for(lambda: len(channel) == 1)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:                             # the slot frees once its thread is done
             again = WSClient(port)
             self.addCleanup(again.close)
@@ -4001,7 +4001,7 @@ class WaitingRoomTests(unittest.TestCase):
 
     def test_slow_uploads_and_slow_readers_do_not_hold_the_apps_slots(self):
         """20 clients sending a body at 2 bytes/s and 20 reading a large response at 8 KiB/s,
-        to an app with maxthreads 20: a fresh request to it is answered within 2 s."""
+        to an app with maxthreads 20: a fresh request to it is answered (within 2 s, idle)."""
         big = b"x" * (4 * 1024 * 1024)
 
         def app(environ, start_response):
@@ -4042,7 +4042,7 @@ class WaitingRoomTests(unittest.TestCase):
         self.addCleanup(conn.close)
         conn.request("GET", "/small")
         self.assertEqual(conn.getresponse().read(), b"small")
-        self.assertLess(time.monotonic() - start, 2.0)
+        self.assertLess(time.monotonic() - start, 10)   # held: as long as they trickle
         stop.set()
         time.sleep(0.6)                         # the trickle has stopped
         for sock in readers[:3]:                # the slow readers are still being served
@@ -4135,7 +4135,7 @@ class WaitingRoomTests(unittest.TestCase):
         self.assertLess(cpu_seconds() - before, 0.5)             # a spinning loop burns ~2 s
         for sock in socks:
             sock.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while True:                             # served again once descriptors are free
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -4147,7 +4147,7 @@ class WaitingRoomTests(unittest.TestCase):
                 self.assertLess(time.monotonic(), deadline)
                 time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        err = proc.communicate(timeout=20)[1].decode()
+        err = proc.communicate(timeout=60)[1].decode()
         self.assertIn("cannot accept connections", err)
         self.assertEqual(err.count("cannot accept connections"), 1)     # said once
 
@@ -4474,7 +4474,7 @@ class ShutdownTests(unittest.TestCase):
             proc.send_signal(signal.SIGTERM)
             for thread in threads:
                 thread.join(30)
-            err = proc.communicate(timeout=20)[1]
+            err = proc.communicate(timeout=60)[1]
             self.assertEqual(proc.returncode, 0, err)
             with open(log_file, "rb") as f:
                 seen = set(f.read().split())
@@ -5529,7 +5529,7 @@ class SubprocessTests(unittest.TestCase):
         except OSError:
             self.skipTest("no IPv6 loopback here")
         proc = self.start(["--app", "test_wsgihost:hello_app", "--host", "::1", "--port", str(port)], HERE)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60                        # a busy machine starts Python slowly
         while True:
             try:
                 socket.create_connection(("::1", port), timeout=1).close()
@@ -5540,13 +5540,13 @@ class SubprocessTests(unittest.TestCase):
                 if time.monotonic() > deadline:
                     self.fail("server did not start")
                 time.sleep(0.05)
-        conn = http.client.HTTPConnection("::1", port, timeout=5)
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
         conn.request("GET", "/")
         resp = conn.getresponse()
         self.assertEqual((resp.status, resp.read()), (200, b"Hello, World!"))
         conn.close()
         proc.terminate()
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=60)
         self.assertIn("serving http://[::1]:%d/" % port, err.decode())
 
     def test_app_importing_wsgihost_gets_the_running_module(self):
@@ -7537,7 +7537,7 @@ class ConformanceMapTests(unittest.TestCase):
         return node.transports[0].port, node.transports[0].channels
 
     def wait_for(self, condition):
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while not condition():
             self.assertLess(time.monotonic(), deadline, "timed out")
             time.sleep(0.01)
@@ -7750,6 +7750,205 @@ class DeflateConformanceTests(WebSocketNodeCase):
 # -----------------------------------------------------------------------------
 # Runner: a closing line "N passed, N failed, N skipped"
 # -----------------------------------------------------------------------------
+
+class AttackTests(unittest.TestCase):
+    """Issue 9 as a hostile client plays it, for what no other test covers yet: each
+    test asserts what the client sees and that the server goes on serving others.
+    Counts are small and every wait is bounded. Covered elsewhere (not repeated here):
+    fragments and empty fragments (WebSocketFragmentTests), a hung app and abandoned
+    queued requests, queue_timeout, max_websockets, max_connections_per_client, slow
+    uploads and readers, min_rate (WaitingRoomTests), slowloris (SlowClientTests),
+    smuggling (SmugglingTests), SIGTERM under load (ShutdownTests), the 1008 Close and
+    the writer's send timeout (WebSocketSocketTests), the parsing fixes
+    (ParseRequestHeadTests, ParseRequestTargetTests, ParseBodyFramingTests,
+    ParseChunkSizeTests, MountTests) and the config values (ConfigTests)."""
+
+    def wait_for(self, condition, what, timeout=30):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, what)
+            time.sleep(0.01)
+
+    def node(self, paths, **options):
+        config = web_config(paths, {"type": "tcp", "port": 0, "interface": "127.0.0.1"},
+                            options=options)
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 0)
+        return node, node.transports[0].port
+
+    def exchange(self, port, request: bytes) -> bytes:
+        """Send ``request`` on a fresh connection; everything until the server closes it."""
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)           # nothing more: the server's linger ends at once
+        return recv_until_closed(sock)
+
+    def assertServed(self, port, path="/"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        self.assertEqual(resp.status, 200, body)
+        return json.loads(body)
+
+    def test_bad_targets_over_the_wire_get_400_and_close_and_others_are_served(self):
+        # RFC 9112 §3.2 (absolute-form without Host), §3 and RFC 3986 §2 (raw bytes
+        # 0x80-0xFF in the target): 400 with Connection: close; the request pipelined
+        # behind it is not served, and a fresh client is.
+        app = {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}
+        node, port = self.node({"/": app, "fault": app})
+        follow = b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n"
+        for request in (b"GET /caf\xe9 HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"GET /" + bytes(range(0x80, 0x100)) + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"GET /?q=\xff HTTP/1.1\r\nHost: a\r\n\r\n",
+                        b"GET http://example.com/fault/x HTTP/1.1\r\n\r\n"):
+            with self.subTest(request=request):
+                data = self.exchange(port, request + follow)
+                self.assertTrue(data.startswith(b"HTTP/1.1 400 Bad Request\r\n"), data)
+                self.assertIn(b"\r\nConnection: close\r\n", data)
+                self.assertEqual(len(split_responses(data)), 1, data)   # /after not served
+                self.assertEqual(self.assertServed(port)["PATH_INFO"], "/")
+
+    def test_an_encoded_slash_does_not_reach_a_mount_by_its_raw_prefix(self):
+        # Split on the raw "/", decode each segment after (Crossbar, the README's mount
+        # table): "/fault%2Fx" is one segment "fault/x", so it goes to "/", never to the
+        # "fault" mount, whose own segment is still reached however it is spelled.
+        app = {"type": "wsgi", "module": "test_wsgihost", "object": "environ_app"}
+        node, port = self.node({"/": app, "fault": app})
+        for path, script_name, path_info in [
+                ("/fault%2Fx", "", "/fault/x"), ("/fault%2fx/y", "", "/fault/x/y"),
+                ("/%66ault%2Fx", "", "/fault/x"), ("/%66ault/x", "/fault", "/x"),
+                ("/fault/x", "/fault", "/x")]:
+            with self.subTest(path=path):
+                env = self.assertServed(port, path)
+                self.assertEqual((env["SCRIPT_NAME"], env["PATH_INFO"]), (script_name, path_info))
+
+    def test_websockets_cannot_take_the_http_reserve_by_default(self):
+        # No max_websockets given: WebSockets may hold four fifths of max_connections
+        # (8 of 10); the ninth handshake gets 503, and HTTP is still answered.
+        node, port = self.node({"ws": {"type": "websocket"},
+                                "/": {"type": "wsgi", "module": "test_wsgihost",
+                                      "object": "environ_app"}},
+                               max_connections=10)
+        clients = []
+        for _ in range(8):
+            client = WSClient(port, timeout=10)
+            self.addCleanup(client.close)
+            clients.append(client)
+            self.assertEqual(client.status, 101, client.head)
+        extra = WSClient(port, timeout=10)
+        self.addCleanup(extra.close)
+        self.assertTrue(extra.head.startswith("HTTP/1.1 503 "), extra.head)
+        self.assertIn("Retry-After: 5\r\n", extra.head)
+        for _ in range(2):                      # the reserve: both HTTP slots answer
+            self.assertEqual(self.assertServed(port)["PATH_INFO"], "/")
+        clients[0].send_text("still here")      # and the WebSockets are undisturbed
+        self.assertEqual(clients[0].recv_text(), "still here")
+
+    def test_a_stray_crlf_after_a_body_leaves_the_connection_idle_for_stop(self):
+        # RFC 9112 §2.2: a server SHOULD ignore at least one empty line received
+        # before a request-line. The CRLF a client adds after a body is such a line:
+        # the connection is idle, the next request on it is served, and stopping
+        # the node closes it at once instead of waiting out shutdown_grace.
+        node, port = start_node(body_reading_app, shutdown_grace=60)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.addCleanup(sock.close)
+        reader = sock.makefile("rb")
+        self.addCleanup(reader.close)
+
+        def response() -> bytes:
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                line = reader.readline()
+                self.assertTrue(line, "closed before a whole response head")
+                head += line
+            self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+            length = int(re.search(rb"\r\nContent-Length: (\d+)\r\n", head).group(1))
+            return reader.read(length)
+        connections = node.transports[0].connections
+        for request in (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\r\n",
+                        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"5\r\nhello\r\n0\r\n\r\n\r\n"):
+            sock.sendall(request)
+            self.assertEqual(response(), b"read it")
+            self.wait_for(lambda: [c.state for c in list(connections)] == ["waiting"],
+                          "the stray CRLF left the connection busy")
+        start = time.monotonic()
+        node.stop()                             # shutdown_grace: 60 s, if anything were busy
+        self.assertLess(time.monotonic() - start, 30)     # half of it: nothing was awaited
+        self.assertEqual(reader.read(), b"")              # closed, with nothing more to say
+
+    def test_a_stopped_node_started_again_serves_keep_alive_and_websockets(self):
+        # A stopped Node used to keep its transports "stopping": started again, it
+        # answered every request with Connection: close and every handshake with 503.
+        config = web_config({"ws": {"type": "websocket"},
+                             "/": {"type": "wsgi", "module": "test_wsgihost", "object": "hello_app"}},
+                            {"type": "tcp", "port": 0, "interface": "127.0.0.1"})
+        node = wsgihost.Node(config).start()
+        self.addCleanup(node.stop, 0)
+        node.stop(0)
+        node.start()
+        port = node.transports[0].port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        self.addCleanup(conn.close)
+        for _ in range(2):                      # two requests on one connection
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            self.assertEqual((resp.status, resp.read(), resp.getheader("Connection")),
+                             (200, b"Hello, World!", None))
+        self.assertIsNotNone(conn.sock)         # kept alive, not closed after each
+        client = WSClient(port, timeout=10)
+        self.addCleanup(client.close)
+        self.assertEqual(client.status, 101, client.head)
+        client.send_text("echo")
+        self.assertEqual(client.recv_text(), "echo")
+
+    def test_serve_puts_back_the_callers_signal_handlers(self):
+        # serve() handles SIGTERM and SIGINT while it runs; once it returns, the
+        # process's own handlers are back (they used to stay replaced for good).
+        code = "\n".join([
+            "import os, signal, sys, threading, time",
+            "sys.path.insert(0, %r)" % HERE,
+            "import wsgihost",
+            "def mine(signum, frame): pass",
+            "signal.signal(signal.SIGTERM, mine)",
+            "signal.signal(signal.SIGINT, mine)",      # (a background job inherits SIGINT ignored)
+            "def stop_once_serving():",
+            "    deadline = time.monotonic() + 60",
+            "    while signal.getsignal(signal.SIGTERM) is mine and time.monotonic() < deadline:",
+            "        time.sleep(0.01)",
+            "    os.kill(os.getpid(), signal.SIGTERM)",
+            "threading.Thread(target=stop_once_serving, daemon=True).start()",
+            "wsgihost.serve(lambda environ, start_response: [], '127.0.0.1', 0)",
+            "print(signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGINT) is mine)"])
+        proc = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
+                              timeout=120)
+        self.assertEqual((proc.returncode, proc.stdout), (0, b"True True\n"), proc.stderr)
+
+    @unittest.expectedFailure
+    def test_a_ping_after_the_servers_close_gets_its_pong(self):
+        """NOT KEPT (issue 9's review): once the server has sent its Close, a Ping
+        from the client gets no Pong -- WebSocket._enqueue refuses every frame after
+        the Close and the writer thread ends with it -- and TCP is cut. Expected to
+        fail until the closing handshake answers Pings until the client's Close."""
+        # RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+        # frame in response, unless it already received a Close frame."
+        node, port = self.node({"ws": {"type": "websocket"}})
+        client = WSClient(port, timeout=10)
+        self.addCleanup(client.close)
+        channel = node.transports[0].channels["/ws"]
+        self.wait_for(lambda: len(channel) == 1, "the client never joined")
+        channel.close_all(1000)
+        self.assertEqual(client.read_frame(), (Opcode.CLOSE, b"\x03\xe8"))
+        client.send(Opcode.PING, b"still there?")
+        self.assertEqual(client.read_frame(), (Opcode.PONG, b"still there?"))
+        client.send(Opcode.CLOSE, b"\x03\xe8")
+        self.assertEqual(client.sock.recv(100), b"")
+
 
 def run_tests() -> int:
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])

@@ -5916,6 +5916,10 @@ class Node:
 
     def start(self) -> Node:
         """Bind every transport, then serve in background threads. OSError if a bind fails."""
+        for transport in self.transports:   # a stopped node may start again: take requests again
+            transport.stopping = False
+        self.stopped.clear()
+        self.threads, self.bridges = [], []
         raise_open_files_limit(sum(t.limits.max_connections for t in self.transports))
         servers = []
         for transport in self.transports:
@@ -6020,24 +6024,31 @@ def serve(app, host: str = "127.0.0.1", port: int = 8080, **options):
 
 def run_node(node: Node) -> int:
     """Start ``node``, log its URLs, serve until a signal, stop gracefully."""
-    node.start()
-    for transport in node.transports:
-        log.info("serving %s", ", ".join(transport.urls()))
     stop = threading.Event()
 
     def on_signal(signum, frame):
         log.info("%s: stopping (requests in flight may finish)", signal.Signals(signum).name)
         stop.set()
 
+    # The handlers go in before the sockets listen (a SIGTERM sent as soon as
+    # the port answers is a graceful stop, not a kill), and the caller's come back.
+    previous = {}
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        previous = {signum: signal.signal(signum, on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while not stop.wait(1.0):
+        node.start()
+        for transport in node.transports:
+            log.info("serving %s", ", ".join(transport.urls()))
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
             pass
-    except KeyboardInterrupt:
-        pass
-    node.stop()
+        node.stop()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     log.info("stopped")
     return 0
 
