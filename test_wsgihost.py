@@ -7929,12 +7929,10 @@ class AttackTests(unittest.TestCase):
                               timeout=120)
         self.assertEqual((proc.returncode, proc.stdout), (0, b"True True\n"), proc.stderr)
 
-    @unittest.expectedFailure
     def test_a_ping_after_the_servers_close_gets_its_pong(self):
-        """NOT KEPT (issue 9's review): once the server has sent its Close, a Ping
-        from the client gets no Pong -- WebSocket._enqueue refuses every frame after
-        the Close and the writer thread ends with it -- and TCP is cut. Expected to
-        fail until the closing handshake answers Pings until the client's Close."""
+        """Issue 9's review: once the server has sent its Close, a Ping from the
+        client still gets its Pong, until the client's Close comes (the protocol
+        core answers it in CLOSING; only data frames stop after a Close, §5.5.1)."""
         # RFC 6455 §5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
         # frame in response, unless it already received a Close frame."
         node, port = self.node({"ws": {"type": "websocket"}})
