@@ -7710,7 +7710,9 @@ class DeflateConformanceTests(WebSocketNodeCase):
         self.assertEqual(c.recv_message(), (Opcode.TEXT, b"data", True))
         c.send(Opcode.CLOSE, b"\x03\xe8")
         self.assertEqual(c.read_frame() + (c.rsv1,), (Opcode.CLOSE, b"\x03\xe8", False))
-        # ... and a Close the server starts (close_all, as at shutdown)
+        # ... and a Close the server starts (close_all, as at shutdown), once the
+        # first client has left the channel (else it could be the one counted)
+        self.wait_for(lambda: len(self.channels["/z"]) == 0)
         c = self.client()
         self.wait_for(lambda: len(self.channels["/z"]) == 1)
         self.channels["/z"].close_all()
