@@ -5443,6 +5443,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ipv6_port(test: unittest.TestCase) -> int:
+    """A free port on ::1, or the test is skipped where there is no IPv6 loopback."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+            return probe.getsockname()[1]
+    except OSError:
+        test.skipTest("no IPv6 loopback here")
+
+
+
 class SubprocessTests(unittest.TestCase):
     """``python wsgihost.py CONFIG`` as a user runs it."""
 
@@ -5522,12 +5533,7 @@ class SubprocessTests(unittest.TestCase):
 
     def test_app_with_ipv6_host_serves(self):
         # "--app ... --host ::1" bound an IPv4 socket to an IPv6 address and failed.
-        try:
-            with socket.socket(socket.AF_INET6) as probe:
-                probe.bind(("::1", 0))
-                port = probe.getsockname()[1]
-        except OSError:
-            self.skipTest("no IPv6 loopback here")
+        port = free_ipv6_port(self)
         proc = self.start(["--app", "test_wsgihost:hello_app", "--host", "::1", "--port", str(port)], HERE)
         deadline = time.monotonic() + 60                        # a busy machine starts Python slowly
         while True:
@@ -5957,12 +5963,7 @@ class WorkerProcessTests(unittest.TestCase):
         self.stop(proc)
 
     def test_workers_on_ipv6_loopback(self):
-        try:
-            with socket.socket(socket.AF_INET6) as probe:
-                probe.bind(("::1", 0))
-                port = probe.getsockname()[1]
-        except OSError:
-            self.skipTest("no IPv6 loopback here")
+        port = free_ipv6_port(self)
         proc = self.start(["test_wsgihost:environ_app", "-w", "2", "-b", "[::1]:%d" % port], port,
                           wait=False)
         deadline = time.monotonic() + 60
