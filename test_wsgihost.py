@@ -5453,7 +5453,6 @@ def free_ipv6_port(test: unittest.TestCase) -> int:
         test.skipTest("no IPv6 loopback here")
 
 
-
 class SubprocessTests(unittest.TestCase):
     """``python wsgihost.py CONFIG`` as a user runs it."""
 
