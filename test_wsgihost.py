@@ -4151,6 +4151,114 @@ class WaitingRoomTests(unittest.TestCase):
         self.assertIn("cannot accept connections", err)
         self.assertEqual(err.count("cannot accept connections"), 1)     # said once
 
+    def slot_node(self, app, **options):
+        """``app`` on "/" with one slot (maxthreads 1), "/ok" beside it sharing nothing."""
+        service = wsgihost.WSGIService(app, "test:app", maxthreads=1)
+        transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0,
+                                          limits=wsgihost.Limits(**options))
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        return transport
+
+    def test_a_streamed_response_read_slower_than_min_rate_is_cut_and_frees_the_slot(self):
+        # Issue 9: a client that reads a streamed body a little at a time, each
+        # send within client_timeout, held the app's thread and slot for as long
+        # as the body lasted. Now it is held to min_rate after the grace.
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            if environ["PATH_INFO"] == "/small":
+                return [b"small"]
+            return (b"x" * 16384 for _ in range(4096))     # 64 MiB, streamed (chunked)
+        transport = self.slot_node(app, min_rate=1000000, client_timeout=30, queue_timeout=30)
+        slow = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+        self.addCleanup(slow.close)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        received = []
+
+        def read_slowly():                      # about 40 KB/s, far below 1 MB/s
+            try:
+                while True:
+                    chunk = slow.recv(4096)
+                    if not chunk:
+                        break
+                    received.append(len(chunk))
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0), \
+                self.assertLogs("wsgihost", "INFO") as logs:
+            slow.sendall(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n")
+            reader = threading.Thread(target=read_slowly, daemon=True)
+            reader.start()
+            self.wait_for(lambda: received, what="the streamed response never started")
+            # The one slot is taken by the slow reader; this request waits for it
+            # and gets it once the reader is cut (on the old code: 503 after 30 s).
+            resp, body = self.get(transport.port, "/small", timeout=60)
+            self.assertEqual((resp.status, body), (200, b"small"))
+            reader.join(60)
+            self.assertFalse(reader.is_alive(), "the slow reader was never cut")
+        self.assertLess(sum(received), 64 * 1024 * 1024)     # cut before the end
+        self.assertTrue(any("slower than 1000000 bytes/s (min_rate)" in line
+                            for line in logs.output), logs.output)
+
+    def test_a_fast_reader_of_a_long_streamed_response_is_not_cut_by_min_rate(self):
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            for _ in range(200):                # 3.2 MiB over more than twice the grace
+                time.sleep(0.0125)
+                yield b"y" * 16384
+        transport = self.slot_node(app, min_rate=1000, client_timeout=30)
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0):
+            resp, body = self.get(transport.port, "/", timeout=60)
+        self.assertEqual((resp.status, len(body)), (200, 200 * 16384))
+
+    def test_a_file_response_leaves_the_app_slot_while_a_slow_client_reads_it(self):
+        # Issue 9: wsgi.file_wrapper around a real file (and so every static
+        # file) was sent with sendfile() from the app's thread, which a client
+        # that reads slowly held for as long as it liked. Now the waiting room
+        # sends it, from a descriptor of its own, once the app is done.
+        content = os.urandom(4 * 1024 * 1024)
+        tmp = tempfile.NamedTemporaryFile(delete=False)
+        self.addCleanup(os.unlink, tmp.name)
+        tmp.write(content)
+        tmp.close()
+
+        def app(environ, start_response):
+            if environ["PATH_INFO"] == "/small":
+                start_response("200 OK", TEXT)
+                return [b"small"]
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            return environ["wsgi.file_wrapper"](open(tmp.name, "rb"))
+        transport = self.slot_node(app, client_timeout=60, queue_timeout=10)
+        fds = lambda: len(os.listdir("/proc/self/fd"))      # noqa: E731
+        baseline = fds() if os.path.isdir("/proc/self/fd") else None
+        readers = []
+        for _ in range(2):
+            sock = socket.create_connection(("127.0.0.1", transport.port), timeout=30)
+            self.addCleanup(sock.close)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.sendall(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
+            readers.append(sock)
+        self.wait_for(lambda: [c.state for c in transport.connections] == ["sending"] * 2,
+                      what="the files were not left to the waiting room")
+        # The app's one slot is free while both clients read nothing: on the old
+        # code this request waited for it and got 503 after queue_timeout.
+        resp, body = self.get(transport.port, "/small", timeout=60)
+        self.assertEqual((resp.status, body), (200, b"small"))
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < len(content):
+            chunk = readers[0].recv(65536)
+            self.assertTrue(chunk, "closed before the whole file")
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        self.assertIn(b"\r\nContent-Length: %d\r\n" % len(content), head)
+        self.assertEqual(body, content)         # every byte, in order
+        readers[1].close()                      # the other leaves halfway: its file is closed
+        readers[0].close()
+        if baseline is not None:
+            self.wait_for(lambda: fds() <= baseline,
+                          what="descriptors left open: %d > %d" % (fds(), baseline))
+
 
 class TLSCommandLineTests(unittest.TestCase):
     """--certfile/--keyfile and --forwarded-allow-ips, as a gunicorn user types them."""

@@ -1223,6 +1223,13 @@ def build_proxied_environ(environ: dict, trusted) -> dict:
 # bodies up to 64 KiB). A body given whole (a list or tuple, or any iterable
 # of len() 1) gets a Content-Length; a streamed one is chunked on HTTP/1.1 and
 # close-delimited on HTTP/1.0.
+#
+# A slow reader must not keep the app's thread and slot. A body given whole
+# larger than 64 KiB, and a real file in wsgi.file_wrapper, are left in
+# ``output`` for the waiting room (section 13) to send as the client reads,
+# once the app is done. A streamed body is sent from the app's thread, as
+# PEP 3333 wants each block on the wire before the next is asked for: it is
+# held to min_rate, as request bodies are (section 4).
 
 class ResponseHead:
     """What start_response was given, validated and serialized (but the framing)."""
@@ -1332,6 +1339,50 @@ def plain_text_body(status: int, text: str) -> bytes:
     return ("%d %s\n%s\n" % (status, _STATUS_PHRASES.get(status, "Error"), text)).encode("utf-8", "replace")
 
 
+class FilePart:
+    """``count`` bytes of an open file from ``offset``, for the waiting room to send
+    with os.sendfile once the app's slot is free.
+
+    It holds its own descriptor (a dup), since the server closes the app's
+    file as soon as the app is done (PEP 3333: it calls the result's close()).
+    """
+
+    __slots__ = ("fd", "offset", "count")
+
+    def __init__(self, fileno: int, offset: int, count: int):
+        self.fd = os.dup(fileno)
+        self.offset = offset
+        self.count = count
+
+    def send(self, sock) -> int:
+        """Send what the kernel takes now; the bytes sent. BlockingIOError: none."""
+        total = 0
+        try:
+            while self.count:
+                sent = os.sendfile(sock.fileno(), self.fd, self.offset, self.count)
+                if not sent:        # the file shrank: the Content-Length cannot be kept
+                    raise OSError(errno.EIO, "the file ended %d bytes early" % self.count)
+                self.offset += sent
+                self.count -= sent
+                total += sent
+        except BlockingIOError:
+            if not total:
+                raise
+        return total
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def close_output(output):
+    """Close the files in a response's unsent ``output``."""
+    for item in output or ():
+        if type(item) is FilePart:
+            item.close()
+
+
 class Response:
     """One response: PEP 3333's ``start_response`` and ``write``, and the framing.
 
@@ -1358,6 +1409,12 @@ class Response:
         # to send (the waiting room does, once the app's slot is free).
         self.defer_output = False
         self.output = None
+        # The pace of what is sent from this thread (min_rate, as a request
+        # body's): MIN_RATE_GRACE seconds plus one second per min_rate bytes,
+        # counted from the first send; 0: only client_timeout per send.
+        self.min_rate = 0
+        self._first_send = None
+        self._sent = 0
 
     @property
     def code(self) -> int:
@@ -1448,11 +1505,35 @@ class Response:
 
     def _send(self, data: bytes):
         try:
+            if self.min_rate:
+                self._check_pace(len(data))
             send_all(self.sock, data)
         except OSError as exc:
             self.client_gone = True
             self.keep_alive = False
             raise ClientDisconnected("sending the response: %s" % exc) from exc
+
+    def _check_pace(self, size: int):
+        """Refuse to send more to a client that reads slower than min_rate.
+
+        Each send is bounded by client_timeout; without this, a client that
+        reads a few bytes now and then would hold the app's thread and slot
+        for as long as a streamed body lasts. A check between sends costs no
+        system call; the bound is the pace's allowance plus one send.
+        """
+        now = time.monotonic()
+        if self._first_send is None:
+            self._first_send = now
+        elif self._first_send + MIN_RATE_GRACE + self._sent / self.min_rate < now:
+            log.info("closing the connection: the response is being read slower than "
+                     "%d bytes/s (min_rate)", self.min_rate)
+            # Reset, not close: the kernel would otherwise keep the megabytes it
+            # holds for this client until the client reads them (nginx's
+            # reset_timedout_connection).
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            raise socket.timeout("the client reads slower than %d bytes/s (min_rate)"
+                                 % self.min_rate)
+        self._sent += size
 
     def write(self, data: bytes):
         """PEP 3333 write(): send ``data`` now, with the head if not yet sent."""
@@ -1530,6 +1611,12 @@ class Response:
         if self.headers_set.content_length is not None:
             count = min(count, self.headers_set.content_length)
         head = self._begin(count)
+        if self.defer_output and not self.no_body and count:
+            # The waiting room sends it once the app's slot is free.
+            self.output = [head, FilePart(wrapper.filelike.fileno(), offset, count)]
+            self.remaining -= count
+            self.body_bytes += count
+            return True
         self._send(head)
         if not self.no_body and count:
             try:
@@ -1734,8 +1821,6 @@ class HTTPConnection:
             body = ChunkedInput(self.reader, max_body, on_first_read)
         else:
             body = FixedLengthInput(self.reader, length, on_first_read)
-        if limits.min_rate:
-            body.min_rate, body.timeout = limits.min_rate, limits.client_timeout
         if path == "*":
             service, script_name, path_info = transport.own_answers, "", "*"
         else:
@@ -1743,6 +1828,9 @@ class HTTPConnection:
             if service is None:
                 service = transport.own_answers
         response = Response(self.sock, head.method, version, keep_alive, body, transport)
+        if limits.min_rate:
+            body.min_rate, body.timeout = limits.min_rate, limits.client_timeout
+            response.min_rate = limits.min_rate
         environ = build_environ(self.base_environ, head, script_name, path_info, query, body)
         if transport.trusted_proxies:
             environ.update(build_proxied_environ(environ, transport.trusted_proxies))
@@ -4569,7 +4657,8 @@ def send_close_notify(sock):
 #                                                       client_timeout: 408
 #   QUEUED     whole head, its app's Gate full          queue_timeout: 503
 #   ACTIVE     a pool thread serves it (HTTPConnection.run)
-#   SENDING    the rest of a response given whole, its app slot and thread
+#   SENDING    the rest of a response given whole (or a file, with
+#              os.sendfile), its app slot and thread
 #              already free                             client_timeout of no progress: close
 #   LINGERING  shut for writing, input discarded       LINGER_TIME: close
 #   WEBSOCKET  a broadcast path's WebSocket (section 8), for good: read and
@@ -5112,6 +5201,8 @@ class WaitingRoom:
                 websocket._cut("closed")
         self._unqueue(conn)
         self._move(conn, CLOSED)
+        close_output(conn.output)       # a response cut short: its files
+        conn.output = None
         send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS (a no-op if sent)
         self.server.shutdown_request(conn.sock)
         self.count -= 1
@@ -5251,18 +5342,28 @@ class WaitingRoom:
         output = conn.output
         try:
             while output:
-                sent = conn.sock.send(output[0])
-                if sent < len(output[0]):
-                    output[0] = memoryview(output[0])[sent:]
+                item = output[0]
+                if type(item) is FilePart:
+                    item.send(conn.sock)
+                    done = not item.count
+                else:
+                    sent = conn.sock.send(item)
+                    done = sent == len(item)
+                    if not done:
+                        output[0] = memoryview(item)[sent:]
+                if not done:
                     if locked:                  # progress: client_timeout again
                         conn.deadline = time.monotonic() + self.limits.client_timeout
                         self.sending.move_to_end(conn)
                     return False
+                if type(item) is FilePart:
+                    item.close()
                 output.pop(0)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             conn.after_output = Next.CLOSE
+            close_output(output)
             output.clear()
         conn.output = None
         if locked:                              # in the room: what comes next
