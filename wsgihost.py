@@ -1518,13 +1518,18 @@ class Response:
 
         Each send is bounded by client_timeout; without this, a client that
         reads a few bytes now and then would hold the app's thread and slot
-        for as long as a streamed body lasts. A check between sends costs no
-        system call; the bound is the pace's allowance plus one send.
+        for as long as a streamed body lasts. The bound is the pace's
+        allowance plus one send. What counts is what the client has taken:
+        the kernel accepts megabytes at once into its send queue, which
+        would otherwise buy a slow reader hours (one ioctl per send, and
+        only once the grace is over).
         """
         now = time.monotonic()
         if self._first_send is None:
             self._first_send = now
-        elif self._first_send + MIN_RATE_GRACE + self._sent / self.min_rate < now:
+        elif now - self._first_send > MIN_RATE_GRACE and (
+                self._first_send + MIN_RATE_GRACE
+                + (self._sent - (unsent_bytes(self.sock) or 0)) / self.min_rate < now):
             log.info("closing the connection: the response is being read slower than "
                      "%d bytes/s (min_rate)", self.min_rate)
             # Reset, not close: the kernel would otherwise keep the megabytes it
