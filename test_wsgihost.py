@@ -4214,6 +4214,85 @@ class WaitingRoomTests(unittest.TestCase):
             resp, body = self.get(transport.port, "/", timeout=60)
         self.assertEqual((resp.status, len(body)), (200, 200 * 16384))
 
+    def test_an_app_that_streams_slowly_to_a_fast_reader_is_not_cut_by_min_rate(self):
+        # Server-sent events, long polling: the app's own time between blocks is
+        # not the client's slowness (review of the first min_rate for responses,
+        # which cut this stream after the grace).
+        def app(environ, start_response):
+            start_response("200 OK", [("Content-Type", "text/event-stream")])
+            for n in range(8):
+                time.sleep(0.5)                 # 4 s in all, four times the grace
+                yield b"data: tick %d\n\n" % n
+        transport = self.slot_node(app, min_rate=100000, client_timeout=30)
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0):
+            resp, body = self.get(transport.port, "/", timeout=60)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(body, b"".join(b"data: tick %d\n\n" % n for n in range(8)))
+
+    def test_one_large_streamed_block_read_slower_than_min_rate_is_cut(self):
+        # The pace is checked between the slices of one send, not only between
+        # the app's blocks: one 64 MiB block is not one free pass.
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            if environ["PATH_INFO"] == "/small":
+                return [b"small"]
+            return iter([b"x" * (64 * 1024 * 1024)])    # streamed: no len()
+        transport = self.slot_node(app, min_rate=100000, client_timeout=30, queue_timeout=30)
+        slow = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+        self.addCleanup(slow.close)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        received = []
+
+        def read_slowly():                      # about 40 KB/s
+            try:
+                while True:
+                    chunk = slow.recv(4096)
+                    if not chunk:
+                        break
+                    received.append(len(chunk))
+                    time.sleep(0.1)
+            except OSError:
+                pass
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0):
+            slow.sendall(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            reader = threading.Thread(target=read_slowly, daemon=True)
+            reader.start()
+            self.wait_for(lambda: received, what="the response never started")
+            resp, body = self.get(transport.port, "/small", timeout=60)
+            self.assertEqual((resp.status, body), (200, b"small"))
+            reader.join(60)
+            self.assertFalse(reader.is_alive(), "the slow reader was never cut")
+        self.assertLess(sum(received), 64 * 1024 * 1024)
+
+    def test_a_body_given_whole_read_slower_than_min_rate_is_reset_by_the_waiting_room(self):
+        # The rest of a response given whole goes out from the selector, with no
+        # thread; it too is held to min_rate, so that slow readers cannot keep
+        # sockets (and the body's memory) for as long as they keep reading a little.
+        big = b"z" * (32 * 1024 * 1024)
+        transport = self.slot_node(lambda e, s: (s("200 OK", TEXT), [big])[1],
+                                   min_rate=100000, client_timeout=30)
+        slow = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+        self.addCleanup(slow.close)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        received = []
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0), \
+                self.assertLogs("wsgihost", "INFO") as logs:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            start = time.monotonic()
+            try:
+                while time.monotonic() - start < 60:     # about 40 KB/s
+                    chunk = slow.recv(4096)
+                    if not chunk:
+                        break
+                    received.append(len(chunk))
+                    time.sleep(0.1)
+            except OSError:                     # the reset
+                pass
+            self.assertLess(time.monotonic() - start, 60, "never cut")
+        self.assertLess(sum(received), len(big))
+        self.assertTrue(any("(min_rate)" in line for line in logs.output), logs.output)
+        self.wait_for(lambda: not transport.connections, what="the connection was not closed")
+
     def test_a_file_response_leaves_the_app_slot_while_a_slow_client_reads_it(self):
         # Issue 9: wsgi.file_wrapper around a real file (and so every static
         # file) was sent with sendfile() from the app's thread, which a client
@@ -4241,7 +4320,7 @@ class WaitingRoomTests(unittest.TestCase):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
             sock.sendall(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
             readers.append(sock)
-        self.wait_for(lambda: [c.state for c in transport.connections] == ["sending"] * 2,
+        self.wait_for(lambda: [c.state for c in list(transport.connections)] == ["sending"] * 2,
                       what="the files were not left to the waiting room")
         # The app's one slot is free while both clients read nothing: on the old
         # code this request waited for it and got 503 after queue_timeout.

@@ -86,6 +86,7 @@ import heapq
 import html
 import http
 import importlib
+import io
 import ipaddress
 import json
 import logging
@@ -1361,6 +1362,8 @@ class FilePart:
             while self.count:
                 sent = os.sendfile(sock.fileno(), self.fd, self.offset, self.count)
                 if not sent:        # the file shrank: the Content-Length cannot be kept
+                    log.error("a file being sent ended %d bytes before its Content-Length; "
+                              "connection closed", self.count)
                     raise OSError(errno.EIO, "the file ended %d bytes early" % self.count)
                 self.offset += sent
                 self.count -= sent
@@ -1374,6 +1377,14 @@ class FilePart:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _closes_only_a_file(wrapper) -> bool:
+    """Whether the wrapper's close() does nothing but close a file open()
+    gave: then the file may be sent, from a descriptor of its own, after the
+    server has called it (PEP 3333 wants close() "upon completion")."""
+    close = getattr(wrapper, "close", None)
+    return close is None or type(getattr(close, "__self__", None)) in (io.BufferedReader, io.FileIO)
 
 
 def close_output(output):
@@ -1410,11 +1421,10 @@ class Response:
         self.defer_output = False
         self.output = None
         # The pace of what is sent from this thread (min_rate, as a request
-        # body's): MIN_RATE_GRACE seconds plus one second per min_rate bytes,
-        # counted from the first send; 0: only client_timeout per send.
+        # body's; 0: only client_timeout per send): _send_paced.
         self.min_rate = 0
-        self._first_send = None
-        self._sent = 0
+        self._waited = 0.0          # seconds spent in sends, waiting for the client
+        self._sent = 0              # bytes the kernel took
 
     @property
     def code(self) -> int:
@@ -1506,39 +1516,38 @@ class Response:
     def _send(self, data: bytes):
         try:
             if self.min_rate:
-                self._check_pace(len(data))
-            send_all(self.sock, data)
+                self._send_paced(data)
+            else:
+                send_all(self.sock, data)
         except OSError as exc:
             self.client_gone = True
             self.keep_alive = False
             raise ClientDisconnected("sending the response: %s" % exc) from exc
 
-    def _check_pace(self, size: int):
-        """Refuse to send more to a client that reads slower than min_rate.
+    def _send_paced(self, data: bytes):
+        """send_all() held to min_rate: a client that reads slower is reset.
 
-        Each send is bounded by client_timeout; without this, a client that
+        Each send is bounded by client_timeout; without a pace, a client that
         reads a few bytes now and then would hold the app's thread and slot
-        for as long as a streamed body lasts. The bound is the pace's
-        allowance plus one send. What counts is what the client has taken:
-        the kernel accepts megabytes at once into its send queue, which
-        would otherwise buy a slow reader hours (one ioctl per send, and
-        only once the grace is over).
+        for as long as a streamed body lasts. The time that counts is the
+        time spent in sends, waiting for the client, not the app's own time
+        between blocks: an event every 30 s to a client that reads it at
+        once is never cut. The bytes that count are those the client has
+        taken, not those the kernel queued (it takes megabytes at once,
+        which would buy a slow reader hours). The bound: MIN_RATE_GRACE
+        seconds, plus one per min_rate bytes taken, plus one slice.
         """
-        now = time.monotonic()
-        if self._first_send is None:
-            self._first_send = now
-        elif now - self._first_send > MIN_RATE_GRACE and (
-                self._first_send + MIN_RATE_GRACE
-                + (self._sent - (unsent_bytes(self.sock) or 0)) / self.min_rate < now):
-            log.info("closing the connection: the response is being read slower than "
-                     "%d bytes/s (min_rate)", self.min_rate)
-            # Reset, not close: the kernel would otherwise keep the megabytes it
-            # holds for this client until the client reads them (nginx's
-            # reset_timedout_connection).
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            raise socket.timeout("the client reads slower than %d bytes/s (min_rate)"
-                                 % self.min_rate)
-        self._sent += size
+        view = memoryview(data) if len(data) > SEND_SLICE else None
+        for start in range(0, len(data), SEND_SLICE):
+            if self._waited > MIN_RATE_GRACE and too_slow(
+                    self.sock, self._waited, self._sent, self.min_rate):
+                raise socket.timeout("the client reads slower than %d bytes/s (min_rate)"
+                                     % self.min_rate)
+            piece = data if view is None else view[start:start + SEND_SLICE]
+            began = time.monotonic()
+            self.sock.sendall(piece)
+            self._waited += time.monotonic() - began
+            self._sent += len(piece)
 
     def write(self, data: bytes):
         """PEP 3333 write(): send ``data`` now, with the head if not yet sent."""
@@ -1602,8 +1611,13 @@ class Response:
         self.finish()
 
     def _send_file(self, wrapper: FileWrapper) -> bool:
-        """Send a real file with sendfile(); False if it is not one (then iterate)."""
-        if self.headers_set is None or self.headers_sent or not hasattr(self.sock, "sendfile"):
+        """Send a real file with sendfile(); False if it is not one (then iterate).
+
+        Under TLS there is no sendfile (the ssl module would read and send
+        in blocks): iterating does the same, held to min_rate.
+        """
+        if (self.headers_set is None or self.headers_sent or not hasattr(self.sock, "sendfile")
+                or ssl is not None and isinstance(self.sock, ssl.SSLSocket)):
             return False
         try:
             offset = wrapper.filelike.tell()
@@ -1615,13 +1629,22 @@ class Response:
         count = max(0, status.st_size - offset)
         if self.headers_set.content_length is not None:
             count = min(count, self.headers_set.content_length)
+        part = None
+        if (self.defer_output and count and self.method != "HEAD" and hasattr(os, "sendfile")
+                and _closes_only_a_file(wrapper)):
+            try:
+                part = FilePart(wrapper.filelike.fileno(), offset, count)
+            except OSError:         # no descriptor to spare (EMFILE): send it from here
+                part = None
         head = self._begin(count)
-        if self.defer_output and not self.no_body and count:
+        if part is not None and not self.no_body:
             # The waiting room sends it once the app's slot is free.
-            self.output = [head, FilePart(wrapper.filelike.fileno(), offset, count)]
+            self.output = [head, part]
             self.remaining -= count
             self.body_bytes += count
             return True
+        if part is not None:
+            part.close()
         self._send(head)
         if not self.no_body and count:
             try:
@@ -1658,6 +1681,24 @@ class Response:
         if self.method != "HEAD":
             self.body_bytes = len(plain_text_body(code, text))
         self._send(data)
+
+
+def too_slow(sock, waited: float, sent: int, min_rate: int) -> bool:
+    """Whether a client that kept us waiting ``waited`` seconds for ``sent`` bytes reads
+    slower than ``min_rate``; if so, the socket is set to be reset when closed.
+
+    What it has taken is ``sent`` less the kernel's send queue (unknown off
+    Linux: then all of ``sent``). Reset, not close: the kernel would keep the
+    megabytes it holds for the client until they are read (as nginx's
+    reset_timedout_connection does).
+    """
+    taken = sent - (unsent_bytes(sock) or 0)
+    if waited <= MIN_RATE_GRACE + taken / min_rate:
+        return False
+    log.info("closing the connection: the response is being read slower than %d bytes/s "
+             "(min_rate)", min_rate)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return True
 
 
 def send_all(sock, data: bytes):
@@ -1753,6 +1794,8 @@ class HTTPConnection:
         self.discarded = 0          # bytes read and thrown away while lingering
         self.queued = None          # the Request waiting for its app's slot, or its body
         self.output = None          # what is left to send of a response given whole
+        self.output_since = 0.0     # when the app handed it over (its pace: min_rate)
+        self.output_sent = 0        # bytes of it the kernel took
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
         self.websocket = None       # the WebSocket it became, driven by the waiting room
@@ -4665,6 +4708,7 @@ def send_close_notify(sock):
 #   SENDING    the rest of a response given whole (or a file, with
 #              os.sendfile), its app slot and thread
 #              already free                             client_timeout of no progress: close
+#                                                       slower than min_rate: reset
 #   LINGERING  shut for writing, input discarded       LINGER_TIME: close
 #   WEBSOCKET  a broadcast path's WebSocket (section 8), for good: read and
 #              fed to its protocol, written when it has bytes waiting
@@ -4712,7 +4756,7 @@ def unsent_bytes(sock):
         return None
     try:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-    except (OSError, ValueError):
+    except (AttributeError, OSError, ValueError):      # not a real socket, or closed
         return None
 
 
@@ -5304,6 +5348,7 @@ class WaitingRoom:
                         self._release(gate)
                     gate = False
                     conn.output, conn.after_output = output, next_step
+                    conn.output_since, conn.output_sent = time.monotonic(), 0
                     if not self._send_now(conn):
                         with self.lock:
                             self._move(conn, SENDING)
@@ -5319,6 +5364,8 @@ class WaitingRoom:
             except BaseException:
                 log.exception("unexpected error serving %s", conn.client_address[0])
                 next_step = Next.CLOSE
+                if conn.output is None:             # not handed over yet: its files
+                    close_output(request.response.output)
             with self.lock:
                 waiter = None
                 if gate is not False and next_step is not Next.WEBSOCKET:
@@ -5349,16 +5396,24 @@ class WaitingRoom:
             while output:
                 item = output[0]
                 if type(item) is FilePart:
-                    item.send(conn.sock)
+                    conn.output_sent += item.send(conn.sock)
                     done = not item.count
                 else:
                     sent = conn.sock.send(item)
+                    conn.output_sent += sent
                     done = sent == len(item)
                     if not done:
                         output[0] = memoryview(item)[sent:]
                 if not done:
                     if locked:                  # progress: client_timeout again
-                        conn.deadline = time.monotonic() + self.limits.client_timeout
+                        now = time.monotonic()
+                        # and the pace: the app is done, so all this time was
+                        # spent waiting for the client (Response._send_paced).
+                        waited = now - conn.output_since
+                        if self.limits.min_rate and waited > MIN_RATE_GRACE and too_slow(
+                                conn.sock, waited, conn.output_sent, self.limits.min_rate):
+                            raise socket.timeout("slower than min_rate")
+                        conn.deadline = now + self.limits.client_timeout
                         self.sending.move_to_end(conn)
                     return False
                 if type(item) is FilePart:
