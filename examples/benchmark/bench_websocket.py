@@ -195,6 +195,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ws-venv", default="/tmp/wsvenv", help="a virtualenv with websockets")
     parser.add_argument("--wsgihost", default=bench.DEFAULT_WSGIHOST, metavar="PATH")
+    parser.add_argument("--baseline", metavar="PATH",
+                        help="another wsgihost.py (e.g. main's) to run beside, as 'baseline'")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0, help="of 64 KiB echoes per run")
     parser.add_argument("--big", type=int, default=3, help="16 MiB echoes per run")
@@ -220,9 +222,13 @@ def main():
                                  ports["wsgihost"], pinning),
                "websockets": start([peer_python, peer_script, str(ports["websockets"])],
                                    ports["websockets"], pinning)}
+    if args.baseline:
+        ports["baseline"] = bench.free_port()
+        servers["baseline"] = start([sys.executable, args.baseline, wsgihost_config(
+            tempfile.mkdtemp(prefix="bench-ws-"), ports["baseline"])], ports["baseline"], pinning)
     print("WebSocket echo, %s; Python %s; %d rounds, %gs of 64 KiB echoes and %d x 16 MiB per run"
           % (pinning.describe(), sys.version.split()[0], args.rounds, args.seconds, args.big))
-    rows, ratios = {name: [] for name in servers}, []
+    rows, ratios, base_ratios = {name: [] for name in servers}, [], []
     try:
         for n in range(args.rounds):
             load = bench.machine_load()[0]
@@ -243,6 +249,9 @@ def main():
             print("round %d (load %.2f): " % (n + 1, load) + "; ".join(
                 "%s %.0f msg/s, 16M %.3f s, %.0f us/msg" % ((name,) + got[name]) for name in servers)
                 + "; ratios: msg/s %.2f, 16M time %.2f, CPU/msg %.2f" % ratios[-1], flush=True)
+            if args.baseline:
+                b = got["baseline"]
+                base_ratios.append((w[0] / b[0], w[1] / b[1], w[2] / b[2]))
     finally:
         for proc in servers.values():
             proc.terminate()
@@ -257,6 +266,9 @@ def main():
     print("wsgihost / websockets, median of rounds: msg/s %.2f (target >= 0.8), 16 MiB time %.2f "
           "(target <= 1.2), CPU per message %.2f; load now %.2f" % (
               tuple(statistics.median(r[i] for r in ratios) for i in range(3)) + (bench.machine_load()[0],)))
+    if base_ratios:
+        print("wsgihost / baseline, median of rounds: msg/s %.2f, 16 MiB time %.2f, CPU per message %.2f"
+              % tuple(statistics.median(r[i] for r in base_ratios) for i in range(3)))
 
 
 if __name__ == "__main__":
