@@ -2163,8 +2163,8 @@ def apply_mask(payload, mask: bytes) -> bytes:
 
     Never a loop over bytes in Python (16 MiB would take seconds): each
     MASK_SLICE of the payload is XORed as one big integer with the mask
-    repeated, which is made once per call. Three passes over the bytes in C
-    (from_bytes, ^, to_bytes); the alternatives measured slower (see
+    repeated (made once per mask, _slice_keys). Three passes over the bytes
+    in C (from_bytes, ^, to_bytes); the alternatives measured slower (see
     MASK_SLICE).
     """
     parts = mask_in_slices(payload, mask)
