@@ -7866,14 +7866,13 @@ class ConformanceMapTests(unittest.TestCase):
 
 
 class MaskTests(unittest.TestCase):
-    """apply_mask's two ways (a big-integer XOR for short payloads, bytes.translate
-    over the four interleaved byte runs from MASK_TRANSLATE_MIN on) against the
-    definition, byte by byte."""
+    """apply_mask (a big-integer XOR per MASK_SLICE bytes, the last slice
+    shorter) against the definition, byte by byte, at and around the slice edges."""
 
     def test_mask_both_ways_at_every_size_rfc6455_5_3(self):
         # RFC 6455 §5.3: "octet i of the transformed data is the XOR of octet i of the
         # original data with octet at index i modulo 4 of the masking key".
-        edge = wsgihost.MASK_TRANSLATE_MIN
+        edge = wsgihost.MASK_SLICE
         for size in (0, 1, 2, 3, 4, 5, 125, edge - 1, edge, edge + 1, edge + 2, edge + 3, 3 * edge + 7):
             payload = os.urandom(size)
             for mask in (b"\x00\x00\x00\x00", b"\xff\x01\x80\x7f", os.urandom(4)):
@@ -8152,6 +8151,93 @@ def run_tests() -> int:
             print("  %s: %s" % (test.id(), reason))
         return 1
     return 0 if result.wasSuccessful() else 1
+
+
+
+class WebSocketPiecesTests(unittest.TestCase):
+    """A received frame is unmasked piece by piece, in MASK_SLICE slices kept
+    apart until the message is whole: the message is the same however the
+    bytes arrive, a slice edge inside a piece or a character included."""
+
+    def receive_in_pieces(self, frame: bytes, sizes):
+        proto = wsgihost.WebSocketProtocol(max_message_size=1 << 20, max_frame_size=1 << 20)
+        events, pos = [], 0
+        for size in sizes:
+            got, reply = proto.receive_data(frame[pos:pos + size])
+            self.assertEqual(reply, b"")
+            events += got
+            pos += size
+        self.assertEqual(pos, len(frame))
+        return events
+
+    def test_binary_message_across_slice_edges_in_uneven_pieces(self):
+        edge = wsgihost.MASK_SLICE
+        payload = os.urandom(2 * edge + 3)
+        frame = build_frame(Opcode.BINARY, payload, mask=os.urandom(4))
+        rest = len(frame) - (1 + 7 + edge + 5)
+        for sizes in ([len(frame)], [1, 7, edge + 5, rest], [3] + [edge - 1] * 2 + [len(frame) - 3 - 2 * (edge - 1)]):
+            with self.subTest(sizes=sizes):
+                events = self.receive_in_pieces(frame, sizes)
+                self.assertEqual(events, [(Opcode.BINARY, payload)])
+                self.assertIs(type(events[0][1]), bytes)
+
+    def test_text_with_a_character_across_a_slice_edge(self):
+        edge = wsgihost.MASK_SLICE
+        text = "a" * (edge - 1) + "\u00e9" + "b" * 10          # é's 2 bytes straddle the edge
+        frame = build_frame(Opcode.TEXT, text.encode(), mask=os.urandom(4))
+        for sizes in ([len(frame)], [5, edge, len(frame) - 5 - edge]):
+            with self.subTest(sizes=sizes):
+                self.assertEqual(self.receive_in_pieces(frame, sizes), [(Opcode.TEXT, text)])
+
+    def test_invalid_utf8_in_a_later_slice_fails_with_1007(self):
+        edge = wsgihost.MASK_SLICE
+        frame = build_frame(Opcode.TEXT, b"a" * (edge + 10) + b"\xff" + b"b" * 10, mask=os.urandom(4))
+        proto = wsgihost.WebSocketProtocol()
+        events, reply = proto.receive_data(frame)
+        self.assertEqual(events, [])
+        self.assertEqual(parse_frame(reply, require_mask=False)[1][:2], b"\x03\xef")     # 1007
+
+
+class WebSocketHandlerSendTests(unittest.TestCase):
+    """A handler's send() goes out from its own thread when nothing is queued
+    (plain TCP: the socket is non-blocking there); what the socket does not
+    take at once is queued for the writer thread, in order, before anything
+    sent after it."""
+
+    def setUp(self):
+        self.node = wsgihost.Node(WS_CONFIG).start()
+        self.addCleanup(self.node.stop, 2)
+        self.port = self.node.transports[0].port
+
+    def client(self):
+        client = WSClient(self.port, "/upper")
+        self.addCleanup(client.close)
+        self.assertTrue(client.recv_text().startswith("hello "))
+        return client
+
+    def test_a_16_mib_message_through_a_handler(self):
+        c = self.client()
+        payload = os.urandom(16 * 1024 * 1024)
+        c.send(Opcode.BINARY, payload)
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, payload[::-1]))
+
+    def test_more_than_the_socket_takes_then_a_text_in_order(self):
+        c = self.client()
+        payload = os.urandom(8 * 1024 * 1024)       # more than the kernel buffers of both ends
+        c.send(Opcode.BINARY, payload)
+        c.send_text("after")
+        time.sleep(1.0)         # not reading: the handler's send cannot go out at once
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, payload[::-1]))
+        self.assertEqual(c.recv_frame(), (Opcode.TEXT, b"AFTER"))
+        c.send_text("bye")
+        self.assertEqual(c.recv_frame()[0], Opcode.CLOSE)
+
+    def test_many_small_messages_from_two_threads_arrive_whole(self):
+        c = self.client()
+        for i in range(200):
+            c.send_text("m%d" % i)
+        for i in range(200):
+            self.assertEqual(c.recv_text(), "M%d" % i)
 
 
 if __name__ == "__main__":

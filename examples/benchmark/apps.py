@@ -82,3 +82,12 @@ def read_body(environ):
 def answer(start_response, status, body):
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def websocket_echo(ws):
+    """A WebSocket handler (wsgihost's handler path, a thread per client):
+    every message back as it came, text as text, binary as binary.
+    bench_websocket.py mounts it as ``{"type": "websocket", "module": "apps",
+    "object": "websocket_echo"}``."""
+    for message in ws:
+        ws.send(message)
