@@ -1556,7 +1556,7 @@ class Response:
                                      % self.min_rate)
             piece = data if view is None else view[start:start + SEND_SLICE]
             began = time.monotonic()
-            self.sock.sendall(piece)
+            send_all(self.sock, piece)
             self._waited += time.monotonic() - began
             self._sent += len(piece)
 
@@ -1715,6 +1715,17 @@ def too_slow(sock, waited: float, sent: int, min_rate: int) -> bool:
 def send_all(sock, data: bytes):
     """sendall() in slices of SEND_SLICE bytes, each with the socket's timeout."""
     if len(data) <= SEND_SLICE:
+        if type(sock) is socket.socket:
+            # Written raw first (its descriptor is O_NONBLOCK in timeout mode):
+            # sendall() would poll() before it, and the kernel nearly always
+            # takes a small response at once.
+            try:
+                sent = os.write(sock.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
         sock.sendall(data)
         return
     view = memoryview(data)
@@ -1810,6 +1821,7 @@ class HTTPConnection:
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
         self.websocket = None       # the WebSocket it became, driven by the waiting room
+        self.fd = None              # plain TCP: the descriptor the room reads raw (section 13)
 
     def serve(self) -> Next:
         """Serve requests in the calling thread, blocking, until the connection is done."""
@@ -5091,6 +5103,12 @@ class WaitingRoom:
                 sock.close()
                 return
         conn = HTTPConnection(self.transport, sock, address)
+        if tls is None:
+            # Timeout mode for good (its descriptor is O_NONBLOCK in it too):
+            # the room reads and writes the descriptor raw, so no ioctl pair
+            # per request switches it between the room and a pool thread.
+            sock.settimeout(self.limits.client_timeout)
+            conn.fd = sock.fileno()
         if per_client is not None and isinstance(address, tuple):
             self.per_client[address[0]] = self.per_client.get(address[0], 0) + 1
         self.count += 1
@@ -5123,8 +5141,13 @@ class WaitingRoom:
             conn.deadline = time.monotonic() + timeout
             events = selectors.EVENT_WRITE if state is SENDING else selectors.EVENT_READ
             try:
-                if not conn.registered:
+                # WAITING and BODY read a plain socket raw, and QUEUED waits
+                # for one event; the rest use its methods, which must not wait
+                # in the room's thread (TLS: every state).
+                if ((conn.fd is None or state is SENDING or state is LINGERING)
+                        and conn.sock.gettimeout() != 0.0):
                     conn.sock.setblocking(False)
+                if not conn.registered:
                     self.selector.register(conn.sock, events, conn)
                     conn.registered = True
                 elif self.selector.get_key(conn.sock).events != events:
@@ -5159,6 +5182,7 @@ class WaitingRoom:
             self._send_some(conn)
         elif state is QUEUED:
             try:        # the raw socket's bytes, under TLS too
+                conn.sock.setblocking(False)    # (a plain one came in timeout mode)
                 alive = socket.socket.recv(conn.sock, 1, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 return
@@ -5202,7 +5226,8 @@ class WaitingRoom:
     def _receive(self, conn: HTTPConnection):
         """Bytes of a request head: once it is whole, admit the request."""
         try:
-            data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+            data = (os.read(conn.fd, RECV_SIZE) if conn.fd is not None
+                    else read_pending(conn.sock, conn.sock.recv(RECV_SIZE)))
         except (BlockingIOError, InterruptedError) + _SSL_WANT:
             return
         except OSError:
@@ -5248,6 +5273,7 @@ class WaitingRoom:
             return
         self._move(conn, ACTIVE)
         if getattr(request.service, "in_room", False):
+            conn.sock.setblocking(False)            # the room's thread never waits on one
             self._serve_here(conn, request)
         else:
             self.pool.submit(self._serve, conn, request)
@@ -5288,7 +5314,8 @@ class WaitingRoom:
 
     def _receive_body(self, conn: HTTPConnection):
         try:
-            data = read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE))
+            data = (os.read(conn.fd, MAX_RECV_SIZE) if conn.fd is not None
+                    else read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE)))
         except (BlockingIOError, InterruptedError) + _SSL_WANT:
             return
         except OSError:
@@ -5466,9 +5493,11 @@ class WaitingRoom:
         A request that waited for the slot this thread frees is served next
         by this thread: waking another one to take it costs more.
         """
-        conn.sock.settimeout(self.limits.client_timeout)
+        timeout = self.limits.client_timeout
         while request is not None:
             gate = request.service.gate
+            if conn.sock.gettimeout() != timeout:   # (it left timeout mode in the room)
+                conn.sock.settimeout(timeout)
             try:
                 request.response.defer_output = conn.sock.__class__ is socket.socket   # not TLS
                 next_step = conn.run(request)
@@ -5509,11 +5538,12 @@ class WaitingRoom:
                     self.pool.submit(self._serve, *waiter)
                 else:
                     conn, request = waiter
-                    conn.sock.settimeout(self.limits.client_timeout)
 
     def _send_now(self, conn: HTTPConnection) -> bool:
         """Send what the kernel takes of ``conn.output`` without waiting; True once all is out."""
         sock = conn.sock
+        if conn.fd is not None:         # written raw: its timeout mode stays
+            return self._send_some(conn, locked=False)
         sock.setblocking(False)
         try:
             return self._send_some(conn, locked=False)
@@ -5531,7 +5561,7 @@ class WaitingRoom:
                     conn.output_sent += item.send(conn.sock)
                     done = not item.count
                 else:
-                    sent = conn.sock.send(item)
+                    sent = os.write(conn.fd, item) if conn.fd is not None else conn.sock.send(item)
                     conn.output_sent += sent
                     done = sent == len(item)
                     if not done:
@@ -5577,10 +5607,13 @@ class WaitingRoom:
         poller.register(conn.sock, select.POLLIN)
         try:
             if getattr(conn.sock, "pending", int)() or poller.poll(KEEP_ALIVE_SPIN * 1000):
-                data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+                data = (os.read(conn.fd, RECV_SIZE) if conn.fd is not None     # (no second poll)
+                        else read_pending(conn.sock, conn.sock.recv(RECV_SIZE)))
                 if not data:
                     return Next.CLOSE
                 conn.reader.buffer = data
+        except (BlockingIOError, InterruptedError):     # a false alarm: wait in the room
+            pass
         except OSError:             # reset by the client: nothing to tell anyone
             return Next.CLOSE
         return Next.KEEP
