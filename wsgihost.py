@@ -1436,6 +1436,7 @@ class Response:
         self.min_rate = 0
         self._waited = 0.0          # seconds spent in sends, waiting for the client
         self._sent = 0              # bytes the kernel took
+        self._first = True          # nothing sent yet (written raw: _send)
 
     @property
     def code(self) -> int:
@@ -1526,6 +1527,23 @@ class Response:
 
     def _send(self, data: bytes):
         try:
+            if self._first and len(data) <= SEND_SLICE and type(self.sock) is socket.socket:
+                # A response's first bytes are written raw (a plain socket's
+                # descriptor is O_NONBLOCK in timeout mode too): sendall()
+                # would poll() first, and the kernel nearly always takes a
+                # small response at once. Only the first: later ones are left
+                # to sendall(), whose poll() waits until a slow reader has
+                # drained a good part of the queue (raw writes would keep it
+                # full, and then one wait outlasts the timeout).
+                self._first = False
+                try:
+                    sent = os.write(self.sock.fileno(), data)
+                except BlockingIOError:
+                    sent = 0
+                self._sent += sent
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
             if self.min_rate:
                 self._send_paced(data)
             else:
@@ -1556,7 +1574,7 @@ class Response:
                                      % self.min_rate)
             piece = data if view is None else view[start:start + SEND_SLICE]
             began = time.monotonic()
-            send_all(self.sock, piece)
+            self.sock.sendall(piece)
             self._waited += time.monotonic() - began
             self._sent += len(piece)
 
@@ -1715,17 +1733,6 @@ def too_slow(sock, waited: float, sent: int, min_rate: int) -> bool:
 def send_all(sock, data: bytes):
     """sendall() in slices of SEND_SLICE bytes, each with the socket's timeout."""
     if len(data) <= SEND_SLICE:
-        if type(sock) is socket.socket:
-            # Written raw first (its descriptor is O_NONBLOCK in timeout mode):
-            # sendall() would poll() before it, and the kernel nearly always
-            # takes a small response at once.
-            try:
-                sent = os.write(sock.fileno(), data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]
         sock.sendall(data)
         return
     view = memoryview(data)
@@ -1812,6 +1819,7 @@ class HTTPConnection:
         self.deadline = 0.0         # time.monotonic() when the present wait ends
         self.searched = 0           # bytes of the buffer scan_request_head has looked at
         self.registered = False     # in the selector
+        self.armed = True           # and will report readiness (one-shot: until it has)
         self.receiving = False      # a request head has begun to arrive
         self.discarded = 0          # bytes read and thrown away while lingering
         self.queued = None          # the Request waiting for its app's slot, or its body
@@ -4914,6 +4922,82 @@ def read_pending(sock, data: bytes) -> bytes:
     return data
 
 
+class OneShotEpoll:
+    """The part of the ``selectors`` API the waiting room uses, over
+    select.epoll, with one-shot registrations (EPOLLONESHOT) for requests.
+
+    A connection that has reported readiness stays registered but silent
+    while a pool thread serves it; modify() arms it again when it goes back
+    to wait: one epoll_ctl per keep-alive request where unregister() and
+    register() cost two. Where there is no epoll the room uses
+    selectors.DefaultSelector, registering and unregistering.
+    """
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._keys = {}             # fileobj -> SelectorKey
+        self._by_fd = {}            # fd -> SelectorKey
+        self._oneshot = set()       # fds registered one-shot
+
+    def _mask(self, fd: int, events: int) -> int:
+        return ((select.EPOLLIN if events & selectors.EVENT_READ else 0)
+                | (select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+                | (select.EPOLLONESHOT if fd in self._oneshot else 0))
+
+    def register(self, fileobj, events: int, data=None, oneshot: bool = False):
+        fd = fileobj.fileno()
+        if oneshot:
+            self._oneshot.add(fd)
+        try:
+            self._epoll.register(fd, self._mask(fd, events))
+        except BaseException:
+            self._oneshot.discard(fd)
+            raise
+        self._keys[fileobj] = self._by_fd[fd] = key = selectors.SelectorKey(fileobj, fd, events, data)
+        return key
+
+    def modify(self, fileobj, events: int, data=None):
+        """New events (or data); a one-shot registration is armed again."""
+        key = self._keys[fileobj]
+        self._epoll.modify(key.fd, self._mask(key.fd, events))
+        self._keys[fileobj] = self._by_fd[key.fd] = key = key._replace(events=events, data=data)
+        return key
+
+    def unregister(self, fileobj):
+        key = self._keys.pop(fileobj)
+        del self._by_fd[key.fd]
+        self._oneshot.discard(key.fd)
+        try:
+            self._epoll.unregister(key.fd)
+        except OSError:             # closed already: the kernel has dropped it
+            pass
+        return key
+
+    def get_key(self, fileobj):
+        return self._keys[fileobj]
+
+    def select(self, timeout=None):
+        timeout = -1 if timeout is None else max(math.ceil(timeout * 1e3) * 1e-3, 0)
+        try:
+            events = self._epoll.poll(timeout, max(len(self._by_fd), 1))
+        except InterruptedError:
+            return []
+        ready = []
+        for fd, event in events:
+            key = self._by_fd.get(fd)
+            if key is not None:
+                # As selectors does: an error or hang-up wakes readers and writers.
+                mask = ((selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+                        | (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0))
+                ready.append((key, mask & key.events))
+        return ready
+
+    def close(self):
+        self._epoll.close()
+        self._keys.clear()
+        self._by_fd.clear()
+
+
 class WaitingRoom:
     """The selector loop of one transport: accepts, waits, admits, expires."""
 
@@ -4921,7 +5005,9 @@ class WaitingRoom:
         self.transport = transport
         self.limits = limits = transport.limits
         self.server = server                # accepts (get_request) and closes sockets
-        self.selector = selectors.DefaultSelector()
+        # One-shot registrations for connections where epoll has them.
+        self.oneshot = hasattr(select, "epoll") and hasattr(select, "EPOLLONESHOT")
+        self.selector = OneShotEpoll() if self.oneshot else selectors.DefaultSelector()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)   # a connection closed
         keep = sum(service.minthreads for _, service in transport.root.services()
@@ -4965,7 +5051,7 @@ class WaitingRoom:
         # epoll and kqueue take a registration while another thread waits in
         # them; poll() and select() only see it at their next call.
         self._live_register = type(self.selector).__name__ in (
-            "EpollSelector", "KqueueSelector", "DevpollSelector")
+            "OneShotEpoll", "EpollSelector", "KqueueSelector", "DevpollSelector")
 
     # -- the loop: the room's own thread ---------------------------------------
 
@@ -4990,7 +5076,11 @@ class WaitingRoom:
                             elif conn.state is WEBSOCKET:
                                 self._on_websocket(conn, mask, received)
                             else:
+                                conn.armed = not self.oneshot   # (it reported: silent now)
                                 self._on_ready(conn)
+                                if (not conn.armed and conn.registered
+                                        and conn.state in self._rooms):
+                                    self._rearm(conn)       # still waiting
                         except Exception:
                             log.exception("unexpected error in the waiting room")
                             if isinstance(conn, HTTPConnection):
@@ -5148,10 +5238,14 @@ class WaitingRoom:
                         and conn.sock.gettimeout() != 0.0):
                     conn.sock.setblocking(False)
                 if not conn.registered:
-                    self.selector.register(conn.sock, events, conn)
+                    if self.oneshot:
+                        self.selector.register(conn.sock, events, conn, oneshot=True)
+                    else:
+                        self.selector.register(conn.sock, events, conn)
                     conn.registered = True
-                elif self.selector.get_key(conn.sock).events != events:
+                elif not conn.armed or self.selector.get_key(conn.sock).events != events:
                     self.selector.modify(conn.sock, events, conn)
+                conn.armed = True
             except (OSError, ValueError, KeyError):     # the socket is already dead
                 conn.registered = False
                 self._close(conn)
@@ -5160,8 +5254,19 @@ class WaitingRoom:
                 self.wake()
             if state is WAITING and not self.accepting and self.resume_at is None:
                 self._listen()          # it could make room for a newcomer
-        elif conn.registered:
+        elif conn.registered and not (state is ACTIVE and self.oneshot):
+            # (ACTIVE, one-shot: it stays registered, silent once it has
+            # reported; an event it reports meanwhile is ignored)
             self._unregister(conn)
+
+    def _rearm(self, conn: HTTPConnection):
+        """A one-shot registration that has reported: report again (its deadline stays)."""
+        try:
+            self.selector.modify(conn.sock, self.selector.get_key(conn.sock).events, conn)
+            conn.armed = True
+        except (OSError, ValueError, KeyError):     # the socket is already dead
+            conn.registered = False
+            self._close(conn)
 
     def _unregister(self, conn: HTTPConnection):
         conn.registered = False
@@ -5214,12 +5319,14 @@ class WaitingRoom:
             return
         except ssl.SSLWantWriteError:       # our flight did not fit the send buffer
             self.selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            conn.armed = True
             return
         except (OSError, ValueError) as exc:    # not TLS, a bad certificate, the client gone
             log.debug("TLS handshake with %s failed: %s", conn.client_address[0], exc)
             self._close(conn)
             return
         self.selector.modify(sock, selectors.EVENT_READ, conn)
+        conn.armed = True
         conn.base_environ.update(tls_environ(sock))
         self._move(conn, WAITING)
 
