@@ -8280,9 +8280,10 @@ class OneShotWaitingTests(unittest.TestCase):
 
     def test_a_request_sent_while_the_previous_one_is_served_is_answered(self):
         # One slot: B's first request queues behind A's, then runs; B's second
-        # request arrives while its first is served (the room may see it and
-        # must not lose it once the connection waits again). The order of
-        # events depends on the machine's load; every order must answer both.
+        # request arrives while its first is served (the room sees it and must
+        # not lose it once the connection waits again: with C queued, B's
+        # thread goes on to C and B goes back to the room). The order of
+        # events depends on the machine's load; every order must answer all.
         def slow(environ, start_response):
             time.sleep(1.0)
             start_response("200 OK", TEXT)
@@ -8293,17 +8294,19 @@ class OneShotWaitingTests(unittest.TestCase):
         node = wsgihost.Node(transports=[transport]).start()
         self.addCleanup(node.stop, 0)
         port = transport.port
-        a = socket.create_connection(("127.0.0.1", port), timeout=30)
-        b = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.addCleanup(a.close)
-        self.addCleanup(b.close)
+        a, b, c = (socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3))
+        for sock in (a, b, c):
+            self.addCleanup(sock.close)
         a.sendall(b"GET /slow?a1 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.2)
         b.sendall(b"GET /slow?b1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        c.sendall(b"GET /slow?c1 HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(self.read_response(a).endswith(b"\r\n\r\na1"))
         time.sleep(0.3)                     # b1 is being served now, on an idle machine
         b.sendall(b"GET /slow?b2 HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(self.read_response(b).endswith(b"\r\n\r\nb1"))
+        self.assertTrue(self.read_response(c).endswith(b"\r\n\r\nc1"))
         self.assertTrue(self.read_response(b).endswith(b"\r\n\r\nb2"))
 
 

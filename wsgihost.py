@@ -267,6 +267,10 @@ GATHER_MAX_BUFFERS = 64
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
+#: Plain sockets are read and written through their descriptor (os.read,
+#: os.write) where a socket is a file descriptor, saving a system call or two
+#: per request (section 13); not on Windows, where it is not.
+RAW_SOCKET_IO = os.name == "posix"
 MAX_RECV_SIZE = 256 * 1024
 #: Responses up to this size go out in one send() with their head.
 MAX_COALESCED_BODY = 64 * 1024
@@ -1527,7 +1531,8 @@ class Response:
 
     def _send(self, data: bytes):
         try:
-            if self._first and len(data) <= SEND_SLICE and type(self.sock) is socket.socket:
+            if (self._first and len(data) <= SEND_SLICE and type(self.sock) is socket.socket
+                    and RAW_SOCKET_IO):
                 # A response's first bytes are written raw (a plain socket's
                 # descriptor is O_NONBLOCK in timeout mode too): sendall()
                 # would poll() first, and the kernel nearly always takes a
@@ -4888,6 +4893,13 @@ def send_close_notify(sock):
 # and its request is dropped before the app sees it. One lock guards the
 # room, its Gates and the selector's registrations, which pool threads make
 # too: an epoll or kqueue takes them while the room's thread sleeps in it.
+#
+# What a kept-alive request costs in system calls is counted: a plain socket
+# stays in timeout mode for good (its descriptor is non-blocking in it too),
+# and the room reads and writes that descriptor raw, so no ioctl switches it
+# and no poll() precedes a call; with epoll a connection is registered
+# one-shot (OneShotEpoll) and stays registered while it is served, armed
+# again by one epoll_ctl when it waits again. TLS sockets switch modes.
 
 HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, WEBSOCKET, CLOSED = (
     "handshake", "waiting", "body", "queued", "active", "sending", "lingering", "websocket", "closed")
@@ -5193,7 +5205,7 @@ class WaitingRoom:
                 sock.close()
                 return
         conn = HTTPConnection(self.transport, sock, address)
-        if tls is None:
+        if tls is None and RAW_SOCKET_IO:
             # Timeout mode for good (its descriptor is O_NONBLOCK in it too):
             # the room reads and writes the descriptor raw, so no ioctl pair
             # per request switches it between the room and a pool thread.
@@ -5247,7 +5259,8 @@ class WaitingRoom:
                     self.selector.modify(conn.sock, events, conn)
                 conn.armed = True
             except (OSError, ValueError, KeyError):     # the socket is already dead
-                conn.registered = False
+                if conn.registered:
+                    self._unregister(conn)
                 self._close(conn)
                 return
             if not self._live_register and threading.current_thread() is not self._thread:
@@ -5265,7 +5278,7 @@ class WaitingRoom:
             self.selector.modify(conn.sock, self.selector.get_key(conn.sock).events, conn)
             conn.armed = True
         except (OSError, ValueError, KeyError):     # the socket is already dead
-            conn.registered = False
+            self._unregister(conn)
             self._close(conn)
 
     def _unregister(self, conn: HTTPConnection):
