@@ -5615,7 +5615,7 @@ class WaitingRoom:
         """
         timeout = self.limits.client_timeout
         while request is not None:
-            gate = request.service.gate
+            gate = served = request.service.gate
             if conn.sock.gettimeout() != timeout:   # (it left timeout mode in the room)
                 conn.sock.settimeout(timeout)
             try:
@@ -5638,9 +5638,11 @@ class WaitingRoom:
                 # Spin only while nobody waits for this app's slot: a thread
                 # that spins keeps it, and under load (wrk -c256, 20 slots)
                 # spinning for clients that answer late cost 1.5x the CPU
-                # per request of handing them back to the room.
+                # per request of handing them back to the room. (A response
+                # the room sent has freed its slot already: a thread spinning
+                # then is one thread more, up to one per connection.)
                 if (next_step is Next.KEEP and not conn.reader.buffer and KEEP_ALIVE_SPIN
-                        and not self.transport.stopping and not (gate and gate.waiting)):
+                        and not self.transport.stopping and not (served and served.waiting)):
                     next_step = self._await_next(conn)
             except BaseException:
                 log.exception("unexpected error serving %s", conn.client_address[0])
