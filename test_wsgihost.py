@@ -8240,6 +8240,76 @@ class WebSocketHandlerSendTests(unittest.TestCase):
             self.assertEqual(c.recv_text(), "M%d" % i)
 
 
+
+class OneShotWaitingTests(unittest.TestCase):
+    """Section 13: with epoll, a connection stays registered one-shot while a
+    pool thread serves it, and is armed again when it goes back to wait."""
+
+    @unittest.skipUnless(hasattr(wsgihost.select, "epoll"), "no epoll on this platform")
+    def test_a_one_shot_registration_reports_once_until_armed_again(self):
+        selector = wsgihost.OneShotEpoll()
+        self.addCleanup(selector.close)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        selector.register(a, wsgihost.selectors.EVENT_READ, "a", oneshot=True)
+        b.sendall(b"x")
+        self.assertEqual([(key.data, mask) for key, mask in selector.select(5)],
+                         [("a", wsgihost.selectors.EVENT_READ)])
+        self.assertEqual(selector.select(0.2), [])          # still readable, but silent
+        selector.modify(a, wsgihost.selectors.EVENT_READ, "a")       # armed again
+        self.assertEqual([key.data for key, _ in selector.select(5)], ["a"])
+        selector.unregister(a)
+        self.assertRaises(KeyError, selector.get_key, a)
+
+    def read_response(self, sock) -> bytes:
+        """One response with a Content-Length, whole."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(4096)
+            self.assertTrue(piece, "closed before a whole response: %r" % data)
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            piece = sock.recv(4096)
+            self.assertTrue(piece, "closed in the body: %r" % data)
+            body += piece
+        self.assertEqual(len(body), length, "more than one response at once")
+        return head + b"\r\n\r\n" + body
+
+    def test_a_request_sent_while_the_previous_one_is_served_is_answered(self):
+        # One slot: B's first request queues behind A's, then runs; B's second
+        # request arrives while its first is served (the room sees it and must
+        # not lose it once the connection waits again: with C queued, B's
+        # thread goes on to C and B goes back to the room). The order of
+        # events depends on the machine's load; every order must answer all.
+        def slow(environ, start_response):
+            time.sleep(1.0)
+            start_response("200 OK", TEXT)
+            return [environ["QUERY_STRING"].encode("ascii")]
+        transport = wsgihost.WebTransport(
+            wsgihost.PathNode({"slow": wsgihost.WSGIService(slow, "test:slow", maxthreads=1)}),
+            "127.0.0.1", 0, limits=wsgihost.Limits())
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        port = transport.port
+        a, b, c = (socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(3))
+        for sock in (a, b, c):
+            self.addCleanup(sock.close)
+        a.sendall(b"GET /slow?a1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        b.sendall(b"GET /slow?b1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        c.sendall(b"GET /slow?c1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(self.read_response(a).endswith(b"\r\n\r\na1"))
+        time.sleep(0.3)                     # b1 is being served now, on an idle machine
+        b.sendall(b"GET /slow?b2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(self.read_response(b).endswith(b"\r\n\r\nb1"))
+        self.assertTrue(self.read_response(c).endswith(b"\r\n\r\nc1"))
+        self.assertTrue(self.read_response(b).endswith(b"\r\n\r\nb2"))
+
+
 if __name__ == "__main__":
     sys.modules.setdefault("test_wsgihost", sys.modules[__name__])
     sys.exit(run_tests())

@@ -267,6 +267,10 @@ GATHER_MAX_BUFFERS = 64
 
 #: Bytes asked of the kernel per recv(); larger reads for big bodies.
 RECV_SIZE = 64 * 1024
+#: Plain sockets are read and written through their descriptor (os.read,
+#: os.write) where a socket is a file descriptor, saving a system call or two
+#: per request (section 13); not on Windows, where it is not.
+RAW_SOCKET_IO = os.name == "posix"
 MAX_RECV_SIZE = 256 * 1024
 #: Responses up to this size go out in one send() with their head.
 MAX_COALESCED_BODY = 64 * 1024
@@ -1436,6 +1440,7 @@ class Response:
         self.min_rate = 0
         self._waited = 0.0          # seconds spent in sends, waiting for the client
         self._sent = 0              # bytes the kernel took
+        self._first = True          # nothing sent yet (written raw: _send)
 
     @property
     def code(self) -> int:
@@ -1526,6 +1531,24 @@ class Response:
 
     def _send(self, data: bytes):
         try:
+            if (self._first and len(data) <= SEND_SLICE and type(self.sock) is socket.socket
+                    and RAW_SOCKET_IO):
+                # A response's first bytes are written raw (a plain socket's
+                # descriptor is O_NONBLOCK in timeout mode too): sendall()
+                # would poll() first, and the kernel nearly always takes a
+                # small response at once. Only the first: later ones are left
+                # to sendall(), whose poll() waits until a slow reader has
+                # drained a good part of the queue (raw writes would keep it
+                # full, and then one wait outlasts the timeout).
+                self._first = False
+                try:
+                    sent = os.write(self.sock.fileno(), data)
+                except BlockingIOError:
+                    sent = 0
+                self._sent += sent
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]
             if self.min_rate:
                 self._send_paced(data)
             else:
@@ -1801,6 +1824,7 @@ class HTTPConnection:
         self.deadline = 0.0         # time.monotonic() when the present wait ends
         self.searched = 0           # bytes of the buffer scan_request_head has looked at
         self.registered = False     # in the selector
+        self.armed = True           # and will report readiness (one-shot: until it has)
         self.receiving = False      # a request head has begun to arrive
         self.discarded = 0          # bytes read and thrown away while lingering
         self.queued = None          # the Request waiting for its app's slot, or its body
@@ -1810,6 +1834,7 @@ class HTTPConnection:
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
         self.websocket = None       # the WebSocket it became, driven by the waiting room
+        self.fd = None              # plain TCP: the descriptor the room reads raw (section 13)
 
     def serve(self) -> Next:
         """Serve requests in the calling thread, blocking, until the connection is done."""
@@ -4868,6 +4893,13 @@ def send_close_notify(sock):
 # and its request is dropped before the app sees it. One lock guards the
 # room, its Gates and the selector's registrations, which pool threads make
 # too: an epoll or kqueue takes them while the room's thread sleeps in it.
+#
+# What a kept-alive request costs in system calls is counted: a plain socket
+# stays in timeout mode for good (its descriptor is non-blocking in it too),
+# and the room reads and writes that descriptor raw, so no ioctl switches it
+# and no poll() precedes a call; with epoll a connection is registered
+# one-shot (OneShotEpoll) and stays registered while it is served, armed
+# again by one epoll_ctl when it waits again. TLS sockets switch modes.
 
 HANDSHAKE, WAITING, BODY, QUEUED, ACTIVE, SENDING, LINGERING, WEBSOCKET, CLOSED = (
     "handshake", "waiting", "body", "queued", "active", "sending", "lingering", "websocket", "closed")
@@ -4902,6 +4934,82 @@ def read_pending(sock, data: bytes) -> bytes:
     return data
 
 
+class OneShotEpoll:
+    """The part of the ``selectors`` API the waiting room uses, over
+    select.epoll, with one-shot registrations (EPOLLONESHOT) for requests.
+
+    A connection that has reported readiness stays registered but silent
+    while a pool thread serves it; modify() arms it again when it goes back
+    to wait: one epoll_ctl per keep-alive request where unregister() and
+    register() cost two. Where there is no epoll the room uses
+    selectors.DefaultSelector, registering and unregistering.
+    """
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._keys = {}             # fileobj -> SelectorKey
+        self._by_fd = {}            # fd -> SelectorKey
+        self._oneshot = set()       # fds registered one-shot
+
+    def _mask(self, fd: int, events: int) -> int:
+        return ((select.EPOLLIN if events & selectors.EVENT_READ else 0)
+                | (select.EPOLLOUT if events & selectors.EVENT_WRITE else 0)
+                | (select.EPOLLONESHOT if fd in self._oneshot else 0))
+
+    def register(self, fileobj, events: int, data=None, oneshot: bool = False):
+        fd = fileobj.fileno()
+        if oneshot:
+            self._oneshot.add(fd)
+        try:
+            self._epoll.register(fd, self._mask(fd, events))
+        except BaseException:
+            self._oneshot.discard(fd)
+            raise
+        self._keys[fileobj] = self._by_fd[fd] = key = selectors.SelectorKey(fileobj, fd, events, data)
+        return key
+
+    def modify(self, fileobj, events: int, data=None):
+        """New events (or data); a one-shot registration is armed again."""
+        key = self._keys[fileobj]
+        self._epoll.modify(key.fd, self._mask(key.fd, events))
+        self._keys[fileobj] = self._by_fd[key.fd] = key = key._replace(events=events, data=data)
+        return key
+
+    def unregister(self, fileobj):
+        key = self._keys.pop(fileobj)
+        del self._by_fd[key.fd]
+        self._oneshot.discard(key.fd)
+        try:
+            self._epoll.unregister(key.fd)
+        except OSError:             # closed already: the kernel has dropped it
+            pass
+        return key
+
+    def get_key(self, fileobj):
+        return self._keys[fileobj]
+
+    def select(self, timeout=None):
+        timeout = -1 if timeout is None else max(math.ceil(timeout * 1e3) * 1e-3, 0)
+        try:
+            events = self._epoll.poll(timeout, max(len(self._by_fd), 1))
+        except InterruptedError:
+            return []
+        ready = []
+        for fd, event in events:
+            key = self._by_fd.get(fd)
+            if key is not None:
+                # As selectors does: an error or hang-up wakes readers and writers.
+                mask = ((selectors.EVENT_READ if event & ~select.EPOLLOUT else 0)
+                        | (selectors.EVENT_WRITE if event & ~select.EPOLLIN else 0))
+                ready.append((key, mask & key.events))
+        return ready
+
+    def close(self):
+        self._epoll.close()
+        self._keys.clear()
+        self._by_fd.clear()
+
+
 class WaitingRoom:
     """The selector loop of one transport: accepts, waits, admits, expires."""
 
@@ -4909,7 +5017,9 @@ class WaitingRoom:
         self.transport = transport
         self.limits = limits = transport.limits
         self.server = server                # accepts (get_request) and closes sockets
-        self.selector = selectors.DefaultSelector()
+        # One-shot registrations for connections where epoll has them.
+        self.oneshot = hasattr(select, "epoll") and hasattr(select, "EPOLLONESHOT")
+        self.selector = OneShotEpoll() if self.oneshot else selectors.DefaultSelector()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)   # a connection closed
         keep = sum(service.minthreads for _, service in transport.root.services()
@@ -4953,7 +5063,7 @@ class WaitingRoom:
         # epoll and kqueue take a registration while another thread waits in
         # them; poll() and select() only see it at their next call.
         self._live_register = type(self.selector).__name__ in (
-            "EpollSelector", "KqueueSelector", "DevpollSelector")
+            "OneShotEpoll", "EpollSelector", "KqueueSelector", "DevpollSelector")
 
     # -- the loop: the room's own thread ---------------------------------------
 
@@ -4978,7 +5088,11 @@ class WaitingRoom:
                             elif conn.state is WEBSOCKET:
                                 self._on_websocket(conn, mask, received)
                             else:
+                                conn.armed = not self.oneshot   # (it reported: silent now)
                                 self._on_ready(conn)
+                                if (not conn.armed and conn.registered
+                                        and conn.state in self._rooms):
+                                    self._rearm(conn)       # still waiting
                         except Exception:
                             log.exception("unexpected error in the waiting room")
                             if isinstance(conn, HTTPConnection):
@@ -5091,6 +5205,12 @@ class WaitingRoom:
                 sock.close()
                 return
         conn = HTTPConnection(self.transport, sock, address)
+        if tls is None and RAW_SOCKET_IO:
+            # Timeout mode for good (its descriptor is O_NONBLOCK in it too):
+            # the room reads and writes the descriptor raw, so no ioctl pair
+            # per request switches it between the room and a pool thread.
+            sock.settimeout(self.limits.client_timeout)
+            conn.fd = sock.fileno()
         if per_client is not None and isinstance(address, tuple):
             self.per_client[address[0]] = self.per_client.get(address[0], 0) + 1
         self.count += 1
@@ -5123,22 +5243,43 @@ class WaitingRoom:
             conn.deadline = time.monotonic() + timeout
             events = selectors.EVENT_WRITE if state is SENDING else selectors.EVENT_READ
             try:
-                if not conn.registered:
+                # WAITING and BODY read a plain socket raw, and QUEUED waits
+                # for one event; the rest use its methods, which must not wait
+                # in the room's thread (TLS: every state).
+                if ((conn.fd is None or state is SENDING or state is LINGERING)
+                        and conn.sock.gettimeout() != 0.0):
                     conn.sock.setblocking(False)
-                    self.selector.register(conn.sock, events, conn)
+                if not conn.registered:
+                    if self.oneshot:
+                        self.selector.register(conn.sock, events, conn, oneshot=True)
+                    else:
+                        self.selector.register(conn.sock, events, conn)
                     conn.registered = True
-                elif self.selector.get_key(conn.sock).events != events:
+                elif not conn.armed or self.selector.get_key(conn.sock).events != events:
                     self.selector.modify(conn.sock, events, conn)
+                conn.armed = True
             except (OSError, ValueError, KeyError):     # the socket is already dead
-                conn.registered = False
+                if conn.registered:
+                    self._unregister(conn)
                 self._close(conn)
                 return
             if not self._live_register and threading.current_thread() is not self._thread:
                 self.wake()
             if state is WAITING and not self.accepting and self.resume_at is None:
                 self._listen()          # it could make room for a newcomer
-        elif conn.registered:
+        elif conn.registered and not (state is ACTIVE and self.oneshot):
+            # (ACTIVE, one-shot: it stays registered, silent once it has
+            # reported; an event it reports meanwhile is ignored)
             self._unregister(conn)
+
+    def _rearm(self, conn: HTTPConnection):
+        """A one-shot registration that has reported: report again (its deadline stays)."""
+        try:
+            self.selector.modify(conn.sock, self.selector.get_key(conn.sock).events, conn)
+            conn.armed = True
+        except (OSError, ValueError, KeyError):     # the socket is already dead
+            self._unregister(conn)
+            self._close(conn)
 
     def _unregister(self, conn: HTTPConnection):
         conn.registered = False
@@ -5159,6 +5300,7 @@ class WaitingRoom:
             self._send_some(conn)
         elif state is QUEUED:
             try:        # the raw socket's bytes, under TLS too
+                conn.sock.setblocking(False)    # (a plain one came in timeout mode)
                 alive = socket.socket.recv(conn.sock, 1, socket.MSG_PEEK)
             except (BlockingIOError, InterruptedError):
                 return
@@ -5190,19 +5332,22 @@ class WaitingRoom:
             return
         except ssl.SSLWantWriteError:       # our flight did not fit the send buffer
             self.selector.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            conn.armed = True
             return
         except (OSError, ValueError) as exc:    # not TLS, a bad certificate, the client gone
             log.debug("TLS handshake with %s failed: %s", conn.client_address[0], exc)
             self._close(conn)
             return
         self.selector.modify(sock, selectors.EVENT_READ, conn)
+        conn.armed = True
         conn.base_environ.update(tls_environ(sock))
         self._move(conn, WAITING)
 
     def _receive(self, conn: HTTPConnection):
         """Bytes of a request head: once it is whole, admit the request."""
         try:
-            data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+            data = (os.read(conn.fd, RECV_SIZE) if conn.fd is not None
+                    else read_pending(conn.sock, conn.sock.recv(RECV_SIZE)))
         except (BlockingIOError, InterruptedError) + _SSL_WANT:
             return
         except OSError:
@@ -5248,6 +5393,7 @@ class WaitingRoom:
             return
         self._move(conn, ACTIVE)
         if getattr(request.service, "in_room", False):
+            conn.sock.setblocking(False)            # the room's thread never waits on one
             self._serve_here(conn, request)
         else:
             self.pool.submit(self._serve, conn, request)
@@ -5288,7 +5434,8 @@ class WaitingRoom:
 
     def _receive_body(self, conn: HTTPConnection):
         try:
-            data = read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE))
+            data = (os.read(conn.fd, MAX_RECV_SIZE) if conn.fd is not None
+                    else read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE)))
         except (BlockingIOError, InterruptedError) + _SSL_WANT:
             return
         except OSError:
@@ -5466,9 +5613,11 @@ class WaitingRoom:
         A request that waited for the slot this thread frees is served next
         by this thread: waking another one to take it costs more.
         """
-        conn.sock.settimeout(self.limits.client_timeout)
+        timeout = self.limits.client_timeout
         while request is not None:
-            gate = request.service.gate
+            gate = served = request.service.gate
+            if conn.sock.gettimeout() != timeout:   # (it left timeout mode in the room)
+                conn.sock.settimeout(timeout)
             try:
                 request.response.defer_output = conn.sock.__class__ is socket.socket   # not TLS
                 next_step = conn.run(request)
@@ -5489,9 +5638,11 @@ class WaitingRoom:
                 # Spin only while nobody waits for this app's slot: a thread
                 # that spins keeps it, and under load (wrk -c256, 20 slots)
                 # spinning for clients that answer late cost 1.5x the CPU
-                # per request of handing them back to the room.
+                # per request of handing them back to the room. (A response
+                # the room sent has freed its slot already: a thread spinning
+                # then is one thread more, up to one per connection.)
                 if (next_step is Next.KEEP and not conn.reader.buffer and KEEP_ALIVE_SPIN
-                        and not self.transport.stopping and not (gate and gate.waiting)):
+                        and not self.transport.stopping and not (served and served.waiting)):
                     next_step = self._await_next(conn)
             except BaseException:
                 log.exception("unexpected error serving %s", conn.client_address[0])
@@ -5509,11 +5660,12 @@ class WaitingRoom:
                     self.pool.submit(self._serve, *waiter)
                 else:
                     conn, request = waiter
-                    conn.sock.settimeout(self.limits.client_timeout)
 
     def _send_now(self, conn: HTTPConnection) -> bool:
         """Send what the kernel takes of ``conn.output`` without waiting; True once all is out."""
         sock = conn.sock
+        if conn.fd is not None:         # written raw: its timeout mode stays
+            return self._send_some(conn, locked=False)
         sock.setblocking(False)
         try:
             return self._send_some(conn, locked=False)
@@ -5531,7 +5683,7 @@ class WaitingRoom:
                     conn.output_sent += item.send(conn.sock)
                     done = not item.count
                 else:
-                    sent = conn.sock.send(item)
+                    sent = os.write(conn.fd, item) if conn.fd is not None else conn.sock.send(item)
                     conn.output_sent += sent
                     done = sent == len(item)
                     if not done:
@@ -5577,10 +5729,13 @@ class WaitingRoom:
         poller.register(conn.sock, select.POLLIN)
         try:
             if getattr(conn.sock, "pending", int)() or poller.poll(KEEP_ALIVE_SPIN * 1000):
-                data = read_pending(conn.sock, conn.sock.recv(RECV_SIZE))
+                data = (os.read(conn.fd, RECV_SIZE) if conn.fd is not None     # (no second poll)
+                        else read_pending(conn.sock, conn.sock.recv(RECV_SIZE)))
                 if not data:
                     return Next.CLOSE
                 conn.reader.buffer = data
+        except (BlockingIOError, InterruptedError):     # a false alarm: wait in the room
+            pass
         except OSError:             # reset by the client: nothing to tell anyone
             return Next.CLOSE
         return Next.KEEP
