@@ -10,6 +10,7 @@ skip without them; with WSGIHOST_REQUIRE_ALL=1 (as in .ci/run) a skip fails the 
 """
 
 import base64
+import collections
 import contextlib
 import hashlib
 import http.client
@@ -1614,6 +1615,33 @@ class ResponseHeadTests(unittest.TestCase):
         for headers in ((("A", "b"),), [("A", b"b")], [["A", "b"]], [("A", "b", "c")]):
             with self.subTest(headers=headers), self.assertRaises(TypeError):
                 wsgihost.build_response_head("200 OK", headers)
+
+    def test_a_remembered_head_is_the_same_and_refuses_what_build_refuses(self):
+        headers = [("Content-Type", "text/plain"), ("X-Seen", "twice")]
+        first = wsgihost.remembered_response_head("200 OK", list(headers))
+        self.assertIs(wsgihost.remembered_response_head("200 OK", list(headers)), first)
+        self.assertEqual(first.block, b"Content-Type: text/plain\r\nX-Seen: twice\r\n")
+
+        class Str(str):
+            pass
+        Pair = collections.namedtuple("Pair", "name value")
+        # Equal to the remembered key, but of types PEP 3333 does not allow.
+        for bad in ([("Content-Type", "text/plain"), ("X-Seen", Str("twice"))],
+                    [(Str("Content-Type"), "text/plain"), ("X-Seen", "twice")],
+                    [Pair("Content-Type", "text/plain"), ("X-Seen", "twice")]):
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                wsgihost.remembered_response_head("200 OK", bad)
+        for bad in ([["Content-Type", "text/plain"]], tuple(headers)):      # unhashable, not a list
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                wsgihost.remembered_response_head("200 OK", bad)
+        with self.assertRaises(ValueError):
+            wsgihost.remembered_response_head("200 OK", [("X-Bad", "a\r\nInjected: 1")])
+
+    def test_remembered_heads_stay_bounded(self):
+        for i in range(3 * wsgihost.RESPONSE_HEAD_CACHE_SIZE):
+            head = wsgihost.remembered_response_head("200 OK", [("ETag", '"%d"' % i)])
+            self.assertEqual(head.block, b'ETag: "%d"\r\n' % i)
+            self.assertLessEqual(len(wsgihost._response_heads), wsgihost.RESPONSE_HEAD_CACHE_SIZE)
 
 
 
