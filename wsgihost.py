@@ -1340,9 +1340,12 @@ def remembered_response_head(status: str, headers: list) -> ResponseHead:
             head = _response_heads.get(key)
         except TypeError:               # an unhashable item: refused below
             key = head = None
-        if head is not None and all(type(item) is tuple and type(item[0]) is str
-                                    and type(item[1]) is str for item in headers):
-            return head
+        if head is not None:
+            for item in headers:
+                if type(item) is not tuple or type(item[0]) is not str or type(item[1]) is not str:
+                    break
+            else:
+                return head
         head = build_response_head(status, headers)
         if key is not None:
             if len(_response_heads) >= RESPONSE_HEAD_CACHE_SIZE:
