@@ -8338,6 +8338,98 @@ class OneShotWaitingTests(unittest.TestCase):
         self.assertTrue(self.read_response(b).endswith(b"\r\n\r\nb2"))
 
 
+class SmallBodyInRoomTests(unittest.TestCase):
+    """Section 13: a small body is read whole before its app runs -- at once
+    when it came with its head, in the selector when it trickles in -- and
+    every way it can arrive ends in the app's answer or a closed socket."""
+
+    def setUp(self):
+        self.calls = []
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+
+        def echo(environ, start_response):
+            body = environ["wsgi.input"].read()
+            self.calls.append(body)
+            if environ["PATH_INFO"] == "/hold":
+                self.release.wait(30)
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            return [body]
+        transport = wsgihost.WebTransport(
+            wsgihost.PathNode(default=wsgihost.WSGIService(echo, "test:echo", maxthreads=1)),
+            "127.0.0.1", 0, limits=wsgihost.Limits())
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        self.transport = transport
+
+    def connect(self):
+        sock = socket.create_connection(("127.0.0.1", self.transport.port), timeout=30)
+        self.addCleanup(sock.close)
+        return sock
+
+    def head(self, path, length):
+        return b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (path.encode(), length)
+
+    def read_response(self, sock) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            piece = sock.recv(65536)
+            self.assertTrue(piece, "closed before a whole head: %r" % data[:200])
+            data += piece
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))
+        while len(body) < length:
+            piece = sock.recv(65536)
+            self.assertTrue(piece, "closed in the body")
+            body += piece
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
+        return body
+
+    def test_a_body_sent_with_its_head_is_echoed_whole(self):
+        body = os.urandom(64 * 1024)
+        sock = self.connect()
+        for _ in range(3):                      # kept alive: each request the same way
+            sock.sendall(self.head("/", len(body)) + body)
+            self.assertEqual(self.read_response(sock), body)
+
+    def test_a_body_that_trickles_in_after_its_head_is_echoed_whole(self):
+        body = os.urandom(48 * 1024)
+        sock = self.connect()
+        sock.sendall(self.head("/", len(body)) + body[:1000])
+        time.sleep(0.3)
+        sock.sendall(body[1000:30000])
+        time.sleep(0.3)
+        sock.sendall(body[30000:])
+        self.assertEqual(self.read_response(sock), body)
+        self.assertEqual(self.calls, [body])
+
+    def test_a_client_gone_in_its_body_never_reaches_the_app(self):
+        for pause in (0, 0.3):                  # gone with the head, or after a wait
+            sock = self.connect()
+            sock.sendall(self.head("/", 10000) + b"x" * 4000)
+            time.sleep(pause)
+            sock.close()
+        other = self.connect()                  # and everyone else is served
+        other.sendall(self.head("/", 5) + b"hello")
+        self.assertEqual(self.read_response(other), b"hello")
+        self.assertEqual(self.calls, [b"hello"])
+
+    def test_a_whole_body_waits_for_a_busy_apps_slot_then_is_served(self):
+        first, second = self.connect(), self.connect()
+        first.sendall(self.head("/hold", 3) + b"one")
+        deadline = time.monotonic() + 10
+        while not self.calls:
+            self.assertLess(time.monotonic(), deadline, "the first request never ran")
+            time.sleep(0.01)
+        body = os.urandom(32 * 1024)
+        second.sendall(self.head("/", len(body)) + body)    # whole, but the one slot is taken
+        time.sleep(0.3)
+        self.assertEqual(len(self.calls), 1)
+        self.release.set()
+        self.assertEqual(self.read_response(first), b"one")
+        self.assertEqual(self.read_response(second), body)
+
+
 if __name__ == "__main__":
     sys.modules.setdefault("test_wsgihost", sys.modules[__name__])
     sys.exit(run_tests())

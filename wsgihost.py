@@ -5465,33 +5465,48 @@ class WaitingRoom:
             # A small body is read whole here first, as waitress and nginx do:
             # a slow upload then costs a socket, not a thread and an app slot.
             conn.queued = request
+            if conn.fd is not None:
+                # The rest has often come with the head (a client writes
+                # both at once): read it now, not after a turn of the
+                # selector. A plain socket's descriptor never blocks.
+                request = self._read_body(conn)
+                if request is not None or conn.state is QUEUED or conn.state is CLOSED:
+                    return request
             self._move(conn, BODY)
             return None
         return self._enter_gate(conn, request)
 
     def _receive_body(self, conn: HTTPConnection):
+        request = self._read_body(conn)
+        if request is not None:
+            self._move(conn, ACTIVE)
+            self.pool.submit(self._serve, conn, request)
+
+    def _read_body(self, conn: HTTPConnection):
+        """Bytes of a small body: its request once whole and its slot taken, else None."""
         try:
             data = (os.read(conn.fd, MAX_RECV_SIZE) if conn.fd is not None
                     else read_pending(conn.sock, conn.sock.recv(MAX_RECV_SIZE)))
         except (BlockingIOError, InterruptedError) + _SSL_WANT:
-            return
+            return None
         except OSError:
             data = b""
         if not data:
             self._close(conn)
-            return
+            return None
         reader = conn.reader
-        if type(reader.buffer) is not bytearray:
-            reader.buffer = bytearray(reader.buffer)
-        reader.buffer += data
         request = conn.queued
+        if type(reader.buffer) is bytes and len(reader.buffer) + len(data) >= request.body.remaining:
+            reader.buffer += data       # whole at the first read: one copy, not two
+        else:                           # in pieces: no quadratic copying
+            if type(reader.buffer) is not bytearray:
+                reader.buffer = bytearray(reader.buffer)
+            reader.buffer += data
         if len(reader.buffer) >= request.body.remaining:
             reader.buffer = bytes(reader.buffer)
             conn.queued = None
-            request = self._enter_gate(conn, request)
-            if request is not None:
-                self._move(conn, ACTIVE)
-                self.pool.submit(self._serve, conn, request)
+            return self._enter_gate(conn, request)
+        return None
 
     def _enter_gate(self, conn: HTTPConnection, request: Request):
         """Take a slot in the request's service, or queue for one; the request if it runs now."""
