@@ -2322,7 +2322,7 @@ def apply_mask(payload, mask: bytes) -> bytes:
 
     Never a loop over bytes in Python (16 MiB would take seconds): each
     MASK_SLICE of the payload is XORed as one big integer with the mask
-    repeated (made once per mask, _slice_keys). Three passes over the bytes
+    repeated (the mask times _MASK_REPEAT). Three passes over the bytes
     in C (from_bytes, ^, to_bytes); the alternatives measured slower (see
     MASK_SLICE).
     """
@@ -2339,7 +2339,7 @@ _MASK_REPEAT = int.from_bytes(b"\x01\x00\x00\x00" * (MASK_SLICE // 4), "little")
 
 def mask_in_slices(payload, mask: bytes) -> list:
     """apply_mask() in pieces: a list of bytes, one per MASK_SLICE, that a
-    receiver keeps until the message is whole and joins once."""
+    receiver gathers into its message as they come (no join of its own)."""
     n = len(payload)
     from_bytes = int.from_bytes
     if n < MASK_SLICE:
