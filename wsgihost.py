@@ -2663,9 +2663,9 @@ class WebSocketProtocol:
             # gathered in a BytesIO from now on. Its bytes are copied once,
             # as they come, and getvalue() hands over its buffer without a
             # copy: no join of megabytes waits after the last byte, the
-            # pieces do not pile up to twice the message's size (memory that
-            # malloc would give back, to fault in again for the next one),
-            # and a message in thousands of fragments costs no object each.
+            # pieces do not pile up beside it (the peak is the message's
+            # size, not twice it), and a message in thousands of fragments
+            # costs no object each.
             kept, message = message, io.BytesIO()
             for piece in kept:
                 message.write(piece)
