@@ -8225,6 +8225,57 @@ class WebSocketPiecesTests(unittest.TestCase):
         self.assertEqual(events, [])
         self.assertEqual(parse_frame(reply, require_mask=False)[1][:2], b"\x03\xef")     # 1007
 
+    def test_a_message_over_many_reads_and_fragments_is_whole_bytes(self):
+        # Gathered as it comes (a BytesIO after the first read): the same bytes
+        # and the same type, bytes, however it was framed and read, with a Ping
+        # between fragments answered on the way (RFC 6455 §5.4: control frames
+        # may be injected in the middle of a fragmented message).
+        payload = os.urandom(200 * 1024 + 3)
+        mask = os.urandom(4)
+        parts = [payload[:1], payload[1:70000], b"", payload[70000:]]
+        wire = b"".join(build_frame(Opcode.BINARY if i == 0 else Opcode.CONTINUATION, part,
+                                    fin=i == len(parts) - 1, mask=os.urandom(4))
+                        for i, part in enumerate(parts))
+        ping = build_frame(Opcode.PING, b"p", mask=mask)
+        cut = len(build_frame(Opcode.BINARY, parts[0], fin=False, mask=mask))
+        wire = wire[:cut] + ping + wire[cut:]
+        for read in (len(wire), 65536, 4093, 1):
+            with self.subTest(read=read):
+                proto = wsgihost.WebSocketProtocol(max_message_size=1 << 20)
+                events, replies = [], b""
+                for pos in range(0, len(wire), read):
+                    got, reply = proto.receive_data(wire[pos:pos + read])
+                    events += got
+                    replies += reply
+                self.assertEqual(replies, build_frame(Opcode.PONG, b"p"))
+                self.assertEqual(events, [(Opcode.PING, b"p"), (Opcode.BINARY, payload)])
+                self.assertIs(type(events[1][1]), bytes)
+
+    def test_a_text_message_over_many_reads_is_validated_and_whole(self):
+        text = "\u00e9t\u00e9 \U0001f600 " * 20000                 # 2- and 4-byte characters
+        wire = build_frame(Opcode.TEXT, text.encode(), mask=os.urandom(4))
+        proto = wsgihost.WebSocketProtocol(max_message_size=1 << 20)
+        events = []
+        for pos in range(0, len(wire), 7777):            # splits characters and slices
+            events += proto.receive_data(wire[pos:pos + 7777])[0]
+        self.assertEqual(events, [(Opcode.TEXT, text)])
+
+    def test_memory_follows_the_bytes_that_arrived_not_the_header(self):
+        # An attacker's 1,000 connections each announce a frame of
+        # max_message_size (16 MiB) and send 1,000 bytes of it: what is held
+        # grows with what arrived (about 1 MB in all), never with what the
+        # headers promise (16 GB).
+        header = wsgihost.build_frame_header(Opcode.BINARY, wsgihost.MAX_MESSAGE_SIZE, masked=True)
+        data = header + os.urandom(4) + os.urandom(1000)
+        tracemalloc.start()
+        self.addCleanup(tracemalloc.stop)
+        protos = [wsgihost.WebSocketProtocol() for _ in range(1000)]
+        for proto in protos:
+            self.assertEqual(proto.receive_data(data), ([], b""))
+            self.assertEqual(proto.receive_data(data[:1] * 500), ([], b""))     # a second read
+        peak = tracemalloc.get_traced_memory()[1]
+        self.assertLess(peak, 64 * 1024 * 1024, "%d bytes held for 1.5 MB received" % peak)
+
 
 class WebSocketHandlerSendTests(unittest.TestCase):
     """A handler's send() goes out from its own thread when nothing is queued
@@ -8266,6 +8317,23 @@ class WebSocketHandlerSendTests(unittest.TestCase):
             c.send_text("m%d" % i)
         for i in range(200):
             self.assertEqual(c.recv_text(), "M%d" % i)
+
+    def test_a_message_trickling_in_over_many_reads_comes_back_whole(self):
+        # On the wire: one 1 MiB frame sent in pieces with pauses, so that the
+        # handler's thread reads it in many reads; then a fragmented text with
+        # a Ping between its fragments. The echo is byte for byte, in order.
+        c = self.client()
+        payload = os.urandom(1024 * 1024 + 5)
+        frame = build_frame(Opcode.BINARY, payload, mask=os.urandom(4))
+        for pos in range(0, len(frame), 300 * 1024):
+            c.sock.sendall(frame[pos:pos + 300 * 1024])
+            time.sleep(0.05)
+        self.assertEqual(c.recv_frame(), (Opcode.BINARY, payload[::-1]))
+        c.send(Opcode.TEXT, b"ab", fin=False)
+        c.send(Opcode.PING, b"between")
+        c.send(Opcode.CONTINUATION, b"c" * 70000)
+        self.assertEqual(c.read_frame(), (Opcode.PONG, b"between"))
+        self.assertEqual(c.recv_frame(), (Opcode.TEXT, b"AB" + b"C" * 70000))
 
 
 
