@@ -24,9 +24,14 @@ the figures are the servers' and the loopback's, not the client's. (The 64
 KiB run cycles through 4 such frames, so it sends 4 masks over and over,
 where a browser picks a fresh one per frame: a server that keeps what it
 derives from a mask -- wsgihost's _slice_keys -- gains a few microseconds
-per message here that it would not with a browser.) Every
-echo is compared with what was sent. Servers take turns within a round, the
-order alternating; the ratios (wsgihost / websockets) are taken round by
+per message here that it would not with a browser.)
+
+Every echo is compared with what was sent, as a bytearray: one memcmp(),
+1.4 ms for 16 MiB. (Compared through a memoryview, it went byte by byte:
+37 ms for 16 MiB, 146 us for 64 KiB -- client time inside every
+measurement, which drew the ratios of both servers towards 1.) Servers
+take turns within a round, the order alternating; the ratios (wsgihost /
+websockets) are taken round by
 round and their median printed, with the load average at each round.
 """
 
@@ -132,7 +137,7 @@ def client_small(port: int, seconds: float) -> dict:
     while True:
         i = count % 4
         sock.sendall(frames[i])
-        if read_frame(sock, buf) != payloads[i]:
+        if len(read_frame(sock, buf)) != SMALL or buf != payloads[i]:
             raise ValueError("echo differs")
         count += 1
         if count % 16 == 0 and time.perf_counter() > deadline:
@@ -151,7 +156,7 @@ def client_big(port: int, count: int) -> dict:
     for _ in range(count):
         start = time.perf_counter()
         sock.sendall(frame)
-        if read_frame(sock, buf) != payload:
+        if len(read_frame(sock, buf)) != BIG or buf != payload:
             raise ValueError("echo differs")
         times.append(time.perf_counter() - start)
     sock.close()
