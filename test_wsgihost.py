@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -4320,6 +4321,54 @@ class WaitingRoomTests(unittest.TestCase):
         self.assertLess(sum(received), len(big))
         self.assertTrue(any("(min_rate)" in line for line in logs.output), logs.output)
         self.wait_for(lambda: not transport.connections, what="the connection was not closed")
+
+    def test_the_access_log_counts_the_bytes_the_room_sent_not_those_handed_to_it(self):
+        # A body given whole, or a file, goes out from the waiting room after the
+        # app is done; its access-log line waits for the end of the sending, and
+        # says what went out -- as nginx's $body_bytes_sent does for a client
+        # that leaves mid-download -- not what was handed over.
+        big = os.urandom(8 * 1024 * 1024)
+        service = wsgihost.WSGIService(lambda e, s: (s("200 OK", TEXT), [big])[1], "test:app")
+        transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0,
+                                          limits=wsgihost.Limits(client_timeout=30),
+                                          access_log=True)
+        node = wsgihost.Node(transports=[transport]).start()
+        self.addCleanup(node.stop, 0)
+        with self.assertLogs("wsgihost.access", "INFO") as logs:
+            whole = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+            self.addCleanup(whole.close)
+            whole.sendall(b"GET /whole HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            received = bytearray()
+            while True:
+                chunk = whole.recv(1 << 20)
+                if not chunk:
+                    break
+                received += chunk
+            self.assertEqual(received[-len(big):], big)
+            self.wait_for(lambda: any("/whole" in line for line in logs.output),
+                          what="no access-log line for the whole download")
+
+            gone = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+            self.addCleanup(gone.close)
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            gone.sendall(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
+            got = 0
+            while got < 100000:
+                got += len(gone.recv(65536))
+            self.wait_for(lambda: transport.connections and all(
+                conn.state is wsgihost.SENDING for conn in list(transport.connections)),
+                what="the rest of the body was not handed to the room")
+            self.assertFalse(any("/gone" in line for line in logs.output),
+                             "logged before its bytes went out: %r" % logs.output)
+            # Gone with a reset: the room's next send fails.
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            gone.close()
+            self.wait_for(lambda: any("/gone" in line for line in logs.output),
+                          what="no access-log line for the download cut short")
+        sizes = {line.split('"')[1].split()[1]: line.split('"')[2].split()[1] for line in logs.output}
+        self.assertEqual(sizes["/whole"], str(len(big)))
+        self.assertGreaterEqual(int(sizes["/gone"]), 100000 - 200)       # (less its head)
+        self.assertLess(int(sizes["/gone"]), len(big) // 2)
 
     def test_a_file_response_leaves_the_app_slot_while_a_slow_client_reads_it(self):
         # Issue 9: wsgi.file_wrapper around a real file (and so every static

@@ -1435,6 +1435,11 @@ def _closes_only_a_file(wrapper) -> bool:
     return close is None or type(getattr(close, "__self__", None)) in (io.BufferedReader, io.FileIO)
 
 
+def output_size(output) -> int:
+    """Bytes in a response's unsent ``output``: its bytes-likes and FileParts."""
+    return sum(item.count if type(item) is FilePart else len(item) for item in output or ())
+
+
 def close_output(output):
     """Close the files in a response's unsent ``output``."""
     for item in output or ():
@@ -1866,6 +1871,7 @@ class HTTPConnection:
         self.output_sent = 0        # bytes of it the kernel took
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
+        self.unlogged = None        # (environ, response) whose access-log line waits for it
         self.websocket = None       # the WebSocket it became, driven by the waiting room
         self.fd = None              # plain TCP: the descriptor the room reads raw (section 13)
 
@@ -1967,13 +1973,28 @@ class HTTPConnection:
         finally:
             self.response = None
             if self.transport.access_log:
-                self.log_access(request.environ, response)
+                if response.output is None:
+                    self.log_access(request.environ, response)
+                else:
+                    # The rest goes out from the waiting room: the line waits
+                    # for it, to count what went out (log_sent).
+                    self.unlogged = request.environ, response
         if self.websocket is not None:
             return Next.WEBSOCKET
         if not response.keep_alive or body.error is not None or (
                 not body.finished and not body.drain(MAX_DRAIN_SIZE)):
             return Next.CLOSE if body.finished else Next.LINGER
         return Next.KEEP
+
+    def log_sent(self, unsent: int):
+        """The access-log line of a response the waiting room sent, once it
+        is out or cut short: ``unsent`` bytes never went, and the size logged
+        is what did (as nginx's $body_bytes_sent, for a client gone mid-download)."""
+        if self.unlogged is not None:
+            environ, response = self.unlogged
+            self.unlogged = None
+            response.body_bytes = max(0, response.body_bytes - unsent)
+            self.log_access(environ, response)
 
     def log_access(self, environ: dict, response: Response):
         """One line in Apache's combined log format (quotes and controls escaped, as Apache does)."""
@@ -5598,8 +5619,10 @@ class WaitingRoom:
                 websocket._cut("closed")
         self._unqueue(conn)
         self._move(conn, CLOSED)
-        close_output(conn.output)       # a response cut short: its files
-        conn.output = None
+        if conn.output is not None:     # a response cut short: its files, its log line
+            conn.log_sent(output_size(conn.output))
+            close_output(conn.output)
+            conn.output = None
         send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS (a no-op if sent)
         self.server.shutdown_request(conn.sock)
         self.count -= 1
@@ -5717,6 +5740,7 @@ class WaitingRoom:
                 log.exception("unexpected error serving %s", conn.client_address[0])
                 next_step = Next.CLOSE
                 if conn.output is None:             # not handed over yet: its files
+                    conn.log_sent(output_size(request.response.output))
                     close_output(request.response.output)
             with self.lock:
                 waiter = None
@@ -5776,9 +5800,13 @@ class WaitingRoom:
             return False
         except OSError:
             conn.after_output = Next.CLOSE
+            unsent = output_size(output)
             close_output(output)
             output.clear()
+        else:
+            unsent = 0
         conn.output = None
+        conn.log_sent(unsent)
         if locked:                              # in the room: what comes next
             request = self._after(conn, conn.after_output)
             if request is not None:
