@@ -4243,6 +4243,52 @@ class WaitingRoomTests(unittest.TestCase):
             resp, body = self.get(transport.port, "/", timeout=60)
         self.assertEqual((resp.status, len(body)), (200, 200 * 16384))
 
+    def test_bytes_of_an_earlier_response_still_queued_do_not_count_against_the_next(self):
+        # A pipelining client reads the responses in order, so the kernel may
+        # still hold megabytes of the first when the next begins to go out. Those
+        # count as taken when the client takes them, not against the next one's
+        # pace (issue 9's review: a client reading at 3x min_rate was cut).
+        size = 3 * 1024 * 1024
+
+        def app(environ, start_response):
+            start_response("200 OK", TEXT)
+            if environ["PATH_INFO"] == "/stream":
+                return (b"s" * 65536 for _ in range(size // 65536))     # _send_paced
+            return [b"w" * size]                # given whole: the room sends it
+        transport = self.slot_node(app, min_rate=512 * 1024, client_timeout=30)
+        sock = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
+        self.addCleanup(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        # Read at 3x min_rate: the kernel holds up to about 4 MB for the client,
+        # which it takes more than the grace to read.
+        rate = 1536 * 1024
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 0.5), \
+                self.assertLogs("wsgihost", "DEBUG") as logs:
+            # (The kernel's send buffer grows while the first goes out.) Then
+            # the thread's pace (a streamed body) and the room's (given whole)
+            # each begin behind megabytes of the response before.
+            sock.sendall(b"GET /whole HTTP/1.1\r\nHost: a\r\n\r\n" * 2
+                         + b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
+                         b"GET /whole HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            received = bytearray()
+            start = time.monotonic()
+            while True:
+                try:
+                    chunk = sock.recv(16384)
+                except ConnectionResetError:    # cut: the log says why
+                    break
+                if not chunk:
+                    break
+                received += chunk
+                ahead = start + len(received) / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            logging.getLogger("wsgihost").debug("(the end)")
+        self.assertFalse([line for line in logs.output if "min_rate" in line])
+        self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 4, received[-200:])
+        runs = lambda byte: sum(map(len, re.findall(byte + b"{1000,}", received)))  # noqa: E731
+        self.assertEqual((runs(b"w"), runs(b"s")), (3 * size, size))
+
     def test_an_app_that_streams_slowly_to_a_fast_reader_is_not_cut_by_min_rate(self):
         # Server-sent events, long polling: the app's own time between blocks is
         # not the client's slowness (review of the first min_rate for responses,

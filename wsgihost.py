@@ -1478,6 +1478,7 @@ class Response:
         self.min_rate = 0
         self._waited = 0.0          # seconds spent in sends, waiting for the client
         self._sent = 0              # bytes the kernel took
+        self._carried = None        # bytes of earlier responses it still held then
         self._first = True          # nothing sent yet (written raw: _send)
 
     @property
@@ -1609,10 +1610,15 @@ class Response:
         which would buy a slow reader hours). The bound: MIN_RATE_GRACE
         seconds, plus one per min_rate bytes taken, plus one slice.
         """
+        if self._carried is None:
+            # What the kernel still holds of earlier responses (a pipelining
+            # client) goes first, TCP being in order: those bytes count as
+            # taken when the client takes them, not against this pace.
+            self._carried = queued_before(self.sock, self._sent)
         view = memoryview(data) if len(data) > SEND_SLICE else None
         for start in range(0, len(data), SEND_SLICE):
             if self._waited > MIN_RATE_GRACE and too_slow(
-                    self.sock, self._waited, self._sent, self.min_rate):
+                    self.sock, self._waited, self._sent + self._carried, self.min_rate):
                 raise socket.timeout("the client reads slower than %d bytes/s (min_rate)"
                                      % self.min_rate)
             piece = data if view is None else view[start:start + SEND_SLICE]
@@ -1755,6 +1761,14 @@ class Response:
         self._send(data)
 
 
+def queued_before(sock, sent: int) -> int:
+    """Bytes of earlier responses the kernel still holds for the client, once
+    ``sent`` bytes of this one were given to it: the send queue less those.
+    Exact while it is not 0: TCP is in order, so the client has taken none
+    of this response's bytes while any earlier one is left."""
+    return max(0, (unsent_bytes(sock) or 0) - sent)
+
+
 def too_slow(sock, waited: float, sent: int, min_rate: int) -> bool:
     """Whether a client that kept us waiting ``waited`` seconds for ``sent`` bytes reads
     slower than ``min_rate``; if so, the socket is set to be reset when closed.
@@ -1868,7 +1882,7 @@ class HTTPConnection:
         self.queued = None          # the Request waiting for its app's slot, or its body
         self.output = None          # what is left to send of a response given whole
         self.output_since = 0.0     # when the app handed it over (its pace: min_rate)
-        self.output_sent = 0        # bytes of it the kernel took
+        self.output_sent = 0        # bytes of it the kernel took (and earlier ones it held: _serve)
         self.unsent = sys.maxsize   # the kernel's send queue when last looked at
         self.after_output = None    # the Next step once it is sent
         self.unlogged = None        # (environ, response) whose access-log line waits for it
@@ -5723,6 +5737,9 @@ class WaitingRoom:
                     conn.output, conn.after_output = output, next_step
                     conn.output_since, conn.output_sent = time.monotonic(), 0
                     if not self._send_now(conn):
+                        # Its pace starts behind what the kernel holds of
+                        # earlier responses (Response._send_paced).
+                        conn.output_sent += queued_before(conn.sock, conn.output_sent)
                         with self.lock:
                             self._move(conn, SENDING)
                         return
