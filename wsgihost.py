@@ -5793,11 +5793,9 @@ class WaitingRoom:
                     conn.output_sent += item.send(conn.sock)
                     done = not item.count
                 else:
-                    sent = os.write(conn.fd, item) if conn.fd is not None else conn.sock.send(item)
-                    conn.output_sent += sent
-                    done = sent == len(item)
-                    if not done:
-                        output[0] = memoryview(item)[sent:]
+                    done = self._write_some(conn, output)
+                    if done:
+                        continue
                 if not done:
                     if locked:                  # progress: client_timeout again
                         now = time.monotonic()
@@ -5810,8 +5808,7 @@ class WaitingRoom:
                         conn.deadline = now + self.limits.client_timeout
                         self.sending.move_to_end(conn)
                     return False
-                if type(item) is FilePart:
-                    item.close()
+                item.close()                # a FilePart, all sent
                 output.pop(0)
         except (BlockingIOError, InterruptedError):
             return False
@@ -5829,6 +5826,34 @@ class WaitingRoom:
             if request is not None:
                 self._move(conn, ACTIVE)
                 self.pool.submit(self._serve, conn, request)
+        return True
+
+    @staticmethod
+    def _write_some(conn: HTTPConnection, output: list) -> bool:
+        """Write the bytes at the front of ``output`` (up to a FilePart), popping
+        what went out; True if all of them did. A response's head and body go
+        in one writev(): one system call, and no segment on the wire with the
+        head alone (which the client's kernel would take as one more packet)."""
+        count = 1
+        if conn.fd is not None:
+            while (count < len(output) and count < GATHER_MAX_BUFFERS
+                   and type(output[count]) is not FilePart):
+                count += 1
+        if count > 1:
+            sent = os.writev(conn.fd, output[:count])
+        elif conn.fd is not None:
+            sent = os.write(conn.fd, output[0])
+        else:                           # TLS: the ssl module's send()
+            sent = conn.sock.send(output[0])
+        conn.output_sent += sent
+        for _ in range(count):
+            size = len(output[0])
+            if sent < size:
+                if sent:
+                    output[0] = memoryview(output[0])[sent:]
+                return False
+            sent -= size
+            output.pop(0)
         return True
 
     def _await_next(self, conn: HTTPConnection) -> Next:
