@@ -4254,6 +4254,8 @@ class WaitingRoomTests(unittest.TestCase):
             start_response("200 OK", TEXT)
             if environ["PATH_INFO"] == "/stream":
                 return (b"s" * 65536 for _ in range(size // 65536))     # _send_paced
+            if environ["PATH_INFO"] == "/last":     # long enough to be paced past the grace
+                return [b"w" * (2 * size)]
             return [b"w" * size]                # given whole: the room sends it
         transport = self.slot_node(app, min_rate=512 * 1024, client_timeout=30)
         sock = socket.create_connection(("127.0.0.1", transport.port), timeout=10)
@@ -4262,14 +4264,14 @@ class WaitingRoomTests(unittest.TestCase):
         # Read at 3x min_rate: the kernel holds up to about 4 MB for the client,
         # which it takes more than the grace to read.
         rate = 1536 * 1024
-        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 0.5), \
+        with mock.patch.object(wsgihost, "MIN_RATE_GRACE", 1.0), \
                 self.assertLogs("wsgihost", "DEBUG") as logs:
             # (The kernel's send buffer grows while the first goes out.) Then
             # the thread's pace (a streamed body) and the room's (given whole)
             # each begin behind megabytes of the response before.
             sock.sendall(b"GET /whole HTTP/1.1\r\nHost: a\r\n\r\n" * 2
                          + b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\n"
-                         b"GET /whole HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                         b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             received = bytearray()
             start = time.monotonic()
             while True:
@@ -4287,7 +4289,7 @@ class WaitingRoomTests(unittest.TestCase):
         self.assertFalse([line for line in logs.output if "min_rate" in line])
         self.assertEqual(received.count(b"HTTP/1.1 200 OK"), 4, received[-200:])
         runs = lambda byte: sum(map(len, re.findall(byte + b"{1000,}", received)))  # noqa: E731
-        self.assertEqual((runs(b"w"), runs(b"s")), (3 * size, size))
+        self.assertEqual((runs(b"w"), runs(b"s")), (4 * size, size))
 
     def test_an_app_that_streams_slowly_to_a_fast_reader_is_not_cut_by_min_rate(self):
         # Server-sent events, long polling: the app's own time between blocks is
@@ -4373,7 +4375,7 @@ class WaitingRoomTests(unittest.TestCase):
         # app is done; its access-log line waits for the end of the sending, and
         # says what went out -- as nginx's $body_bytes_sent does for a client
         # that leaves mid-download -- not what was handed over.
-        big = os.urandom(8 * 1024 * 1024)
+        big = os.urandom(16 * 1024 * 1024)      # four times what the kernel queues
         service = wsgihost.WSGIService(lambda e, s: (s("200 OK", TEXT), [big])[1], "test:app")
         transport = wsgihost.WebTransport(wsgihost.PathNode(default=service), "127.0.0.1", 0,
                                           limits=wsgihost.Limits(client_timeout=30),
@@ -4400,7 +4402,9 @@ class WaitingRoomTests(unittest.TestCase):
             gone.sendall(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
             got = 0
             while got < 100000:
-                got += len(gone.recv(65536))
+                chunk = gone.recv(65536)
+                self.assertTrue(chunk, "closed after %d bytes" % got)
+                got += len(chunk)
             self.wait_for(lambda: transport.connections and all(
                 conn.state is wsgihost.SENDING for conn in list(transport.connections)),
                 what="the rest of the body was not handed to the room")

@@ -1991,7 +1991,7 @@ class HTTPConnection:
                     self.log_access(request.environ, response)
                 else:
                     # The rest goes out from the waiting room: the line waits
-                    # for it, to count what went out (log_sent).
+                    # for it, to count what went out (WaitingRoom._sent_log).
                     self.unlogged = request.environ, response
         if self.websocket is not None:
             return Next.WEBSOCKET
@@ -1999,16 +1999,6 @@ class HTTPConnection:
                 not body.finished and not body.drain(MAX_DRAIN_SIZE)):
             return Next.CLOSE if body.finished else Next.LINGER
         return Next.KEEP
-
-    def log_sent(self, unsent: int):
-        """The access-log line of a response the waiting room sent, once it
-        is out or cut short: ``unsent`` bytes never went, and the size logged
-        is what did (as nginx's $body_bytes_sent, for a client gone mid-download)."""
-        if self.unlogged is not None:
-            environ, response = self.unlogged
-            self.unlogged = None
-            response.body_bytes = max(0, response.body_bytes - unsent)
-            self.log_access(environ, response)
 
     def log_access(self, environ: dict, response: Response):
         """One line in Apache's combined log format (quotes and controls escaped, as Apache does)."""
@@ -5136,6 +5126,7 @@ class WaitingRoom:
                        LINGERING: (self.lingering, LINGER_TIME)}
         self.count = 0                      # open connections
         self.websockets = 0                 # of which WebSockets (or handshakes)
+        self.unlogged = collections.deque()  # access-log lines to write (_sent_log)
         # HTTP keeps a reserve that WebSockets cannot take (a fifth by default).
         self.max_websockets = (limits.max_websockets if limits.max_websockets is not None
                                else limits.max_connections - limits.max_connections // 5)
@@ -5188,6 +5179,7 @@ class WaitingRoom:
                                 self._close(conn)
                     self._expire(time.monotonic())
                     self._attend_all()
+                self._write_logs()
                 if received:
                     # Outside the room's lock: a broadcast to thousands takes
                     # their locks (and the channel's), never the room's.
@@ -5634,7 +5626,7 @@ class WaitingRoom:
         self._unqueue(conn)
         self._move(conn, CLOSED)
         if conn.output is not None:     # a response cut short: its files, its log line
-            conn.log_sent(output_size(conn.output))
+            self._sent_log(conn, output_size(conn.output))
             close_output(conn.output)
             conn.output = None
         send_close_notify(conn.sock)    # RFC 9112 §9.8, under TLS (a no-op if sent)
@@ -5736,10 +5728,12 @@ class WaitingRoom:
                     gate = False
                     conn.output, conn.after_output = output, next_step
                     conn.output_since, conn.output_sent = time.monotonic(), 0
+                    conn.unsent = sys.maxsize       # (the last look at the queue: _expire)
                     if not self._send_now(conn):
-                        # Its pace starts behind what the kernel holds of
-                        # earlier responses (Response._send_paced).
-                        conn.output_sent += queued_before(conn.sock, conn.output_sent)
+                        if self.limits.min_rate:
+                            # Its pace starts behind what the kernel holds of
+                            # earlier responses (Response._send_paced).
+                            conn.output_sent += queued_before(conn.sock, conn.output_sent)
                         with self.lock:
                             self._move(conn, SENDING)
                         return
@@ -5757,7 +5751,7 @@ class WaitingRoom:
                 log.exception("unexpected error serving %s", conn.client_address[0])
                 next_step = Next.CLOSE
                 if conn.output is None:             # not handed over yet: its files
-                    conn.log_sent(output_size(request.response.output))
+                    self._sent_log(conn, output_size(request.response.output))
                     close_output(request.response.output)
             with self.lock:
                 waiter = None
@@ -5765,6 +5759,7 @@ class WaitingRoom:
                     # (a WebSocket keeps its place until it closes)
                     waiter = self._release(gate, take=True)
                 request = self._after(conn, next_step)
+            self._write_logs()
             if waiter is not None:
                 if request is not None:     # this connection goes on: the waiter to another thread
                     self.pool.submit(self._serve, *waiter)
@@ -5820,7 +5815,7 @@ class WaitingRoom:
         else:
             unsent = 0
         conn.output = None
-        conn.log_sent(unsent)
+        self._sent_log(conn, unsent)
         if locked:                              # in the room: what comes next
             request = self._after(conn, conn.after_output)
             if request is not None:
@@ -5828,16 +5823,43 @@ class WaitingRoom:
                 self.pool.submit(self._serve, conn, request)
         return True
 
+    def _sent_log(self, conn: HTTPConnection, unsent: int):
+        """The access-log line of a response the room sent, once it is out or
+        cut short: ``unsent`` bytes never went, and the size logged is what
+        did (nginx's $body_bytes_sent, for a client gone mid-download). The
+        head goes first, so ``unsent`` counts the body's bytes, and the head's
+        only when none of the body went (hence the floor of 0). Written by
+        _write_logs, out of the room's lock: a log handler that blocks
+        must not stop the room."""
+        if conn.unlogged is not None:
+            environ, response = conn.unlogged
+            conn.unlogged = None
+            response.body_bytes = max(0, response.body_bytes - unsent)
+            self.unlogged.append((conn, environ, response))
+
+    def _write_logs(self):
+        """Write the access-log lines _sent_log kept (outside the room's lock;
+        a deque's append and popleft are atomic, with the lock held or not)."""
+        unlogged = self.unlogged
+        while unlogged:
+            try:
+                conn, environ, response = unlogged.popleft()
+            except IndexError:          # another thread wrote it
+                return
+            conn.log_access(environ, response)
+
     @staticmethod
     def _write_some(conn: HTTPConnection, output: list) -> bool:
         """Write the bytes at the front of ``output`` (up to a FilePart), popping
         what went out; True if all of them did. A response's head and body go
         in one writev(): one system call, and no segment on the wire with the
         head alone (which the client's kernel would take as one more packet)."""
-        count = 1
+        count, size = 1, len(output[0])
         if conn.fd is not None:
+            # (at most 1 GiB: macOS refuses a writev() of over INT_MAX bytes)
             while (count < len(output) and count < GATHER_MAX_BUFFERS
-                   and type(output[count]) is not FilePart):
+                   and type(output[count]) is not FilePart and size + len(output[count]) <= 1 << 30):
+                size += len(output[count])
                 count += 1
         if count > 1:
             sent = os.writev(conn.fd, output[:count])
@@ -6207,6 +6229,7 @@ class WebTransport:
             room.cut_all()
         self.server.shutdown()
         self.server.server_close()
+        room._write_logs()
 
     def stop(self, grace: float):
         """Stop serving: idle connections close now, busy ones after their response."""
