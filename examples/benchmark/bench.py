@@ -15,8 +15,9 @@ to each peer taken round by round (the servers take turns within a round, so
 a burst of load on a shared machine hits all of them alike).
 
 ``idle`` holds N connections open from a separate client process -- after
-one request (idle keep-alive), connected but silent, and for wsgihost
-WebSockets on a broadcast path -- and prints the server's memory and
+one request (idle keep-alive), connected but silent, sending a request
+head one byte every 5 s (slowloris), and for wsgihost WebSockets on a
+broadcast path -- and prints the server's memory and
 threads, how long a fresh client waits for an answer meanwhile, and how
 long one broadcast takes to reach all N WebSocket clients.
 
@@ -674,7 +675,11 @@ def summarize_http(runs, names, apps, args):
 # for every process, so the holder's arrival times and bench.py's send time
 # can be subtracted.
 
-IDLE_KINDS = ("keepalive", "silent", "websocket")
+IDLE_KINDS = ("keepalive", "silent", "slowloris", "websocket")
+#: A slowloris holder sends one byte of a header line on every connection
+#: each SLOWLORIS_PERIOD seconds, after a request line: a head that never ends.
+SLOWLORIS_PERIOD = 5.0
+SLOWLORIS_BYTES = b"X-Slow: 1\r\n"
 
 WS_KEY = base64.b64encode(b"bench.py ws key!").decode("ascii")     # any 16 bytes
 
@@ -686,6 +691,8 @@ def hold_request(kind, ws_path):
         return ("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                 "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
                 % (ws_path, WS_KEY)).encode("ascii")
+    if kind == "slowloris":
+        return b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"        # and never the blank line
     return b""
 
 
@@ -725,8 +732,8 @@ def open_batch(host, port, kind, ws_path, count, timeout):
             socks.append(sock)
         except OSError as exc:
             errors.append("connect: %s" % exc)
-    if not request:
-        return socks, errors
+    if not request or kind == "slowloris":
+        return socks, errors            # no answer to wait for
     # Read every answer, all sockets at once.
     selector = selectors.DefaultSelector()
     buffers = {}
@@ -816,6 +823,21 @@ def count_closed(socks):
     return closed
 
 
+def trickle(socks):
+    """The slowloris holder's thread: a header byte on every connection each
+    SLOWLORIS_PERIOD seconds, for as long as the holder lives."""
+    tick = 0
+    while True:
+        byte = SLOWLORIS_BYTES[tick % len(SLOWLORIS_BYTES):][:1]
+        for sock in socks:
+            try:
+                sock.send(byte)
+            except OSError:         # closed by the server (its head timeout), or full
+                pass
+        tick += 1
+        time.sleep(SLOWLORIS_PERIOD)
+
+
 def hold_main(args):
     """The holder process (bench.py _hold): see the comment above."""
     limit = raise_open_files_limit()
@@ -838,6 +860,8 @@ def hold_main(args):
     emit(event="ready", open=len(socks), errors=len(errors), first_errors=sorted(set(errors))[:5])
     for sock in socks:
         sock.setblocking(False)
+    if args.kind == "slowloris":
+        threading.Thread(target=trickle, args=(socks,), daemon=True).start()
     for line in sys.stdin:
         command = line.split()
         if not command or command[0] == "quit":
@@ -989,7 +1013,12 @@ def idle_run(kind, idle_kind, count, config, pinning, args):
         result["open"] = event["open"]
         result["open_errors"] = event["errors"]
         result["first_errors"] = event["first_errors"]
-        time.sleep(args.settle)
+        if idle_kind == "slowloris":
+            # The fresh clients come while the next round of bytes trickles
+            # in (one each SLOWLORIS_PERIOD from "ready").
+            time.sleep(max(args.settle, SLOWLORIS_PERIOD - 0.5))
+        else:
+            time.sleep(args.settle)
         result["rss_kib"], result["threads"] = tree_memory(server.pids())
         if result["open"]:
             result["kib_per_conn"] = (result["rss_kib"] - result["base_rss_kib"]) / result["open"]
